@@ -1,0 +1,48 @@
+-- The embedded store: current state, journal, answered requests, audit log, settings.
+-- Applied at start; PRAGMA user_version records the last migration applied.
+
+-- The whole state of one account, as JSON, written with the journal records that made it.
+CREATE TABLE accounts (
+    id          TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+
+-- Every ledger entry, in commit order. `flushed_seq` in settings tracks what the
+-- accounting store has received.
+CREATE TABLE journal (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry_id    TEXT NOT NULL UNIQUE,
+    account_id  TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    occurred_ms INTEGER NOT NULL,
+    body        TEXT NOT NULL
+);
+CREATE INDEX journal_by_account ON journal (account_id, entry_id);
+
+-- Answered request ids (idempotency), kept for the configured retention.
+CREATE TABLE requests (
+    request_id  TEXT PRIMARY KEY,
+    account_id  TEXT NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    outcome     TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL
+);
+CREATE INDEX requests_by_age ON requests (created_ms);
+
+CREATE TABLE audit_log (
+    id          TEXT PRIMARY KEY,
+    occurred_ms INTEGER NOT NULL,
+    account_id  TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    operation   TEXT NOT NULL,
+    request_id  TEXT,
+    before_json TEXT NOT NULL,
+    after_json  TEXT NOT NULL
+);
+CREATE INDEX audit_by_account ON audit_log (account_id, id);
+
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

@@ -1,0 +1,460 @@
+//! An organization's whole state: plan, grants, holds, this cycle's usage, limits.
+//! The engine keeps one per account in memory and persists it whole; every rule that
+//! changes it lives here or in `spend`.
+//!
+//! Conservation, always: `totals.granted = Σ grant.remaining + totals.consumed +
+//! totals.expired + totals.revoked`, and `totals.charged = totals.consumed + overdraft_used`.
+
+use super::amount::Credits;
+use super::cycle::Cycle;
+use super::grant::{self, Grant, GrantKind, Money};
+use super::hold::{Hold, HoldEnd};
+use super::ids::IdGenerator;
+use super::ledger::{EntryKind, LedgerEntry};
+use super::limits::{Limits, MeterKind};
+use super::Now;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    Active,
+    Suspended,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Active,
+    Pending,
+    Cancelled,
+    Expired,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OveragePolicy {
+    #[default]
+    RecordShortfall,
+    AllowOverdraft,
+    CapAtHold,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub name: String,
+    pub credits_per_cycle: Credits,
+    pub cycle_anchor_day: u32,
+    pub rollover_cap: Credits,
+    pub price: Option<Money>,
+}
+
+/// Spend and usage of the current cycle (holds are counted separately, from `holds`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CycleUsage {
+    pub spend: Credits,
+    pub by_user: HashMap<String, Credits>,
+    pub by_workspace: HashMap<String, Credits>,
+    /// Cycle counters only; gauges are read from holds.
+    pub meters: BTreeMap<String, u64>,
+}
+
+/// Lifetime sums that make conservation checkable at any moment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub granted: Credits,
+    pub consumed: Credits,
+    pub expired: Credits,
+    pub revoked: Credits,
+    pub charged: Credits,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    pub display_name: String,
+    pub status: AccountStatus,
+    pub plan: Option<Plan>,
+    /// A downgrade (or deferred upgrade) waiting for the next cycle start.
+    pub pending_plan: Option<Plan>,
+    pub subscription: SubscriptionStatus,
+    pub limits: Limits,
+    pub overage_policy: OveragePolicy,
+    /// Fractional digits costs are rounded up to.
+    pub precision: u32,
+    pub credit_currency: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub cycle: Cycle,
+    /// Always in burn-down order.
+    pub grants: Vec<Grant>,
+    pub holds: BTreeMap<String, Hold>,
+    pub usage: CycleUsage,
+    /// Credits owed below zero (only with an overdraft limit).
+    pub overdraft_used: Credits,
+    /// Part of live holds backed by the overdraft limit.
+    pub overdraft_held: Credits,
+    pub totals: Totals,
+    /// Recently resolved holds, so a late Commit says what happened.
+    pub resolved_holds: BTreeMap<String, (HoldEnd, DateTime<Utc>)>,
+    /// Start of the cycle whose plan grant was issued, so it is issued once per cycle.
+    pub plan_issued_for: Option<DateTime<Utc>>,
+}
+
+pub const DEFAULT_PRECISION: u32 = 6;
+
+/// How long a resolved hold is remembered for error messages.
+const RESOLVED_MEMORY_HOURS: i64 = 24;
+
+impl Account {
+    /// A new account. Its first cycle is the one containing `now`; with an active plan the
+    /// cycle's plan grant is issued at once (returned as ledger entries).
+    pub fn open(mut self, now: Now, ids: &IdGenerator) -> (Account, Vec<LedgerEntry>) {
+        self.cycle = Cycle::containing(self.anchor_day(), now.wall);
+        let mut entries = Vec::new();
+        self.issue_plan_grant(now, ids, &mut entries);
+        (self, entries)
+    }
+
+    /// A blank account with the given id; fill the fields, then [`Account::open`] it.
+    pub fn blank(id: &str, created_at: DateTime<Utc>) -> Account {
+        Account {
+            id: id.to_string(),
+            display_name: String::new(),
+            status: AccountStatus::Active,
+            plan: None,
+            pending_plan: None,
+            subscription: SubscriptionStatus::Expired,
+            limits: Limits::default(),
+            overage_policy: OveragePolicy::default(),
+            precision: DEFAULT_PRECISION,
+            credit_currency: None,
+            created_at,
+            cycle: Cycle::containing(1, created_at),
+            grants: Vec::new(),
+            holds: BTreeMap::new(),
+            usage: CycleUsage::default(),
+            overdraft_used: Decimal::ZERO,
+            overdraft_held: Decimal::ZERO,
+            totals: Totals::default(),
+            resolved_holds: BTreeMap::new(),
+            plan_issued_for: None,
+        }
+    }
+
+    pub fn anchor_day(&self) -> u32 {
+        self.plan.as_ref().map_or(1, |p| p.cycle_anchor_day)
+    }
+
+    /// Brings the account up to `now`: expires due holds, rolls over finished cycles, writes
+    /// off dead grants. Called before every decision and by the periodic sweep.
+    pub fn advance(&mut self, now: Now, ids: &IdGenerator) -> Vec<LedgerEntry> {
+        let mut entries = Vec::new();
+        let due: Vec<String> = self
+            .holds
+            .values()
+            .filter(|h| h.deadline_ms <= now.mono_ms)
+            .map(|h| h.id.clone())
+            .collect();
+        for id in due {
+            entries.push(self.end_hold(&id, HoldEnd::Expired, now, ids));
+        }
+        while now.wall >= self.cycle.end {
+            self.roll_over(now, ids, &mut entries);
+        }
+        self.write_off(now, ids, &mut entries);
+        let forget_before = now.wall - chrono::Duration::hours(RESOLVED_MEMORY_HOURS);
+        self.resolved_holds
+            .retain(|_, (_, at)| *at >= forget_before);
+        entries
+    }
+
+    /// Adds a grant; credits owed on overdraft are repaid from it first.
+    pub fn add_grant(&mut self, mut grant: Grant, now: Now, ids: &IdGenerator) -> Vec<LedgerEntry> {
+        self.totals.granted += grant.amount;
+        let mut entry = LedgerEntry::new(
+            ids.next_string("le_", now.wall_ms()),
+            &self.id,
+            grant_entry_kind(grant.kind),
+            now.wall,
+        );
+        entry.credits = grant.amount;
+        entry.allocations.push(grant::Allocation {
+            grant_id: grant.id.clone(),
+            kind: grant.kind,
+            credits: grant.amount,
+        });
+        let mut entries = vec![entry];
+        let repay = self.overdraft_used.min(grant.remaining);
+        if repay > Decimal::ZERO && grant.is_usable(now.wall) {
+            grant.remaining -= repay;
+            grant.consumed += repay;
+            self.overdraft_used -= repay;
+            self.totals.consumed += repay;
+            let mut e = LedgerEntry::new(
+                ids.next_string("le_", now.wall_ms()),
+                &self.id,
+                EntryKind::Adjustment,
+                now.wall,
+            );
+            e.credits = repay;
+            e.allocations.push(grant::Allocation {
+                grant_id: grant.id.clone(),
+                kind: grant.kind,
+                credits: repay,
+            });
+            e.metadata
+                .insert("reason".into(), "overdraft_repaid".into());
+            entries.push(e);
+        }
+        self.grants.push(grant);
+        grant::sort_burn_down(&mut self.grants);
+        entries
+    }
+
+    /// Revokes what is left of a grant; the part promised to live holds settles with them.
+    pub fn revoke_grant(
+        &mut self,
+        grant_id: &str,
+        now: Now,
+        ids: &IdGenerator,
+    ) -> Option<(Credits, Vec<LedgerEntry>)> {
+        let grant = self
+            .grants
+            .iter_mut()
+            .find(|g| g.id == grant_id && !g.is_revoked)?;
+        grant.is_revoked = true;
+        let before = self.totals.revoked;
+        let mut entries = Vec::new();
+        self.write_off(now, ids, &mut entries);
+        Some((self.totals.revoked - before, entries))
+    }
+
+    // ---- views ---------------------------------------------------------------------------
+
+    /// Credits in usable grants not promised to holds.
+    pub fn spendable(&self, now: DateTime<Utc>) -> Credits {
+        grant::spendable(&self.grants, now)
+    }
+
+    /// The balance shown to users: spendable credits minus what is owed and held on overdraft.
+    pub fn balance(&self, now: DateTime<Utc>) -> Credits {
+        self.spendable(now) - self.overdraft_used - self.overdraft_held
+    }
+
+    /// How much more may be spent below zero.
+    pub fn overdraft_headroom(&self) -> Credits {
+        (self.limits.overdraft_limit - self.overdraft_used - self.overdraft_held).max(Decimal::ZERO)
+    }
+
+    pub fn held_total(&self) -> Credits {
+        self.holds.values().map(|h| h.credits).sum()
+    }
+
+    pub fn held_by_user(&self, user: &str) -> Credits {
+        self.holds
+            .values()
+            .filter(|h| h.user_id.as_deref() == Some(user))
+            .map(|h| h.credits)
+            .sum()
+    }
+
+    pub fn held_by_workspace(&self, workspace: &str) -> Credits {
+        self.holds
+            .values()
+            .filter(|h| h.workspace_id.as_deref() == Some(workspace))
+            .map(|h| h.credits)
+            .sum()
+    }
+
+    pub fn meter_held(&self, meter: &str) -> u64 {
+        self.holds
+            .values()
+            .filter_map(|h| h.meter.as_ref())
+            .filter(|m| m.meter == meter)
+            .map(|m| m.units)
+            .sum()
+    }
+
+    /// Units of `meter` in use: this cycle's count (counters) plus units held.
+    pub fn meter_in_use(&self, meter: &str, kind: MeterKind) -> u64 {
+        let counted = match kind {
+            MeterKind::CycleCounter => self.usage.meters.get(meter).copied().unwrap_or(0),
+            MeterKind::Gauge => 0,
+        };
+        counted.saturating_add(self.meter_held(meter))
+    }
+
+    /// After loading from the store: rebuild monotonic deadlines from wall-clock expiries.
+    pub fn restore_deadlines(&mut self, now: Now) {
+        for hold in self.holds.values_mut() {
+            let left_ms = (hold.expires_at - now.wall).num_milliseconds().max(0) as u64;
+            hold.deadline_ms = now.mono_ms + left_ms;
+        }
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    /// Ends a live hold without charging it (release or expiry). The caller checked it exists.
+    pub(super) fn end_hold(
+        &mut self,
+        hold_id: &str,
+        end: HoldEnd,
+        now: Now,
+        ids: &IdGenerator,
+    ) -> LedgerEntry {
+        let hold = self.holds.remove(hold_id).expect("hold exists");
+        grant::unhold(&mut self.grants, &hold.allocations);
+        self.overdraft_held -= hold.overdraft;
+        self.resolved_holds.insert(hold.id.clone(), (end, now.wall));
+        let kind = if end == HoldEnd::Expired {
+            EntryKind::ExpireHold
+        } else {
+            EntryKind::Release
+        };
+        let mut entry = hold_entry(&self.id, &hold, kind, now, ids);
+        entry.credits = hold.credits;
+        entry.allocations = hold.allocations;
+        entry
+    }
+
+    fn roll_over(&mut self, now: Now, ids: &IdGenerator, entries: &mut Vec<LedgerEntry>) {
+        let ended = self.cycle;
+        let at = Now {
+            wall: ended.end,
+            mono_ms: now.mono_ms,
+        };
+        // Unused plan credits of the ending cycle, and how much of it the plan carries.
+        let unused: Credits = self
+            .grants
+            .iter()
+            .filter(|g| {
+                g.kind == GrantKind::Plan && g.expires_at == Some(ended.end) && !g.is_revoked
+            })
+            .map(Grant::available)
+            .sum();
+        let carry = self
+            .plan
+            .as_ref()
+            .map_or(Decimal::ZERO, |p| unused.min(p.rollover_cap));
+        self.write_off(at, ids, entries);
+        if let Some(next_plan) = self.pending_plan.take() {
+            self.plan = Some(next_plan);
+        }
+        if self.subscription == SubscriptionStatus::Cancelled {
+            self.subscription = SubscriptionStatus::Expired;
+        }
+        self.cycle = Cycle::containing(self.anchor_day(), ended.end);
+        self.usage = CycleUsage::default();
+        if carry > Decimal::ZERO {
+            let mut g = Grant::new(
+                ids.next_string("gr_", at.wall_ms()),
+                GrantKind::Plan,
+                carry,
+                at.wall,
+                at.wall,
+            );
+            g.expires_at = Some(self.cycle.end);
+            g.created_by = "rollover".into();
+            let mut new = self.add_grant(g, at, ids);
+            new[0].metadata.insert("reason".into(), "rollover".into());
+            entries.append(&mut new);
+        }
+        self.issue_plan_grant(at, ids, entries);
+    }
+
+    /// The plan grant of the current cycle, when the subscription is active.
+    pub fn issue_plan_grant(
+        &mut self,
+        now: Now,
+        ids: &IdGenerator,
+        entries: &mut Vec<LedgerEntry>,
+    ) {
+        let Some(plan) = self.plan.clone() else {
+            return;
+        };
+        if self.subscription != SubscriptionStatus::Active
+            || plan.credits_per_cycle.is_zero()
+            || self.plan_issued_for == Some(self.cycle.start)
+        {
+            return;
+        }
+        self.plan_issued_for = Some(self.cycle.start);
+        let mut g = Grant::new(
+            ids.next_string("gr_", now.wall_ms()),
+            GrantKind::Plan,
+            plan.credits_per_cycle,
+            now.wall,
+            now.wall,
+        );
+        g.expires_at = Some(self.cycle.end);
+        g.created_by = "plan".into();
+        g.money_paid = plan.price.clone();
+        let mut new = self.add_grant(g, now, ids);
+        new[0]
+            .metadata
+            .insert("reason".into(), "plan_renewed".into());
+        new[0].metadata.insert("plan".into(), plan.name);
+        entries.append(&mut new);
+    }
+
+    fn write_off(&mut self, now: Now, ids: &IdGenerator, entries: &mut Vec<LedgerEntry>) {
+        for (allocation, revoked) in grant::write_off_dead(&mut self.grants, now.wall) {
+            let kind = if revoked {
+                EntryKind::RevokeGrant
+            } else {
+                EntryKind::ExpireGrant
+            };
+            if revoked {
+                self.totals.revoked += allocation.credits;
+            } else {
+                self.totals.expired += allocation.credits;
+            }
+            let mut e = LedgerEntry::new(
+                ids.next_string("le_", now.wall_ms()),
+                &self.id,
+                kind,
+                now.wall,
+            );
+            e.credits = allocation.credits;
+            e.allocations.push(allocation);
+            entries.push(e);
+        }
+    }
+}
+
+fn grant_entry_kind(kind: GrantKind) -> EntryKind {
+    if kind == GrantKind::Adjustment {
+        EntryKind::Adjustment
+    } else {
+        EntryKind::Grant
+    }
+}
+
+/// An entry describing a hold, with the hold's context filled in.
+pub fn hold_entry(
+    account_id: &str,
+    hold: &Hold,
+    kind: EntryKind,
+    now: Now,
+    ids: &IdGenerator,
+) -> LedgerEntry {
+    let mut e = LedgerEntry::new(
+        ids.next_string("le_", now.wall_ms()),
+        account_id,
+        kind,
+        now.wall,
+    );
+    e.user_id = hold.user_id.clone();
+    e.workspace_id = hold.workspace_id.clone();
+    e.action = hold.price.action.clone();
+    e.category = hold.price.category.clone();
+    e.quantity = hold.quantity;
+    e.unit_name = hold.price.unit_name.clone();
+    e.unit_price = hold.price.credits_per_unit;
+    e.reservation_id = Some(hold.id.clone());
+    e.price_version = hold.price_version;
+    e
+}

@@ -1,0 +1,63 @@
+//! Holds (reservations): credits and meter units promised to work in progress.
+//! A hold resolves at most once: committed, released or expired.
+
+use super::amount::Credits;
+use super::grant::Allocation;
+use super::limits::MeterKind;
+use super::price::PriceEntry;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: String,
+    pub request_id: String,
+    pub user_id: Option<String>,
+    pub workspace_id: Option<String>,
+    /// The price at reserve time: a Commit is charged at the price that was promised.
+    pub price: PriceEntry,
+    pub price_version: u64,
+    /// Estimated quantity still covered by the hold.
+    pub quantity: u64,
+    /// Credits still held: the sum of `allocations` plus `overdraft`.
+    pub credits: Credits,
+    pub allocations: Vec<Allocation>,
+    /// Part of the hold backed by the account's overdraft limit.
+    pub overdraft: Credits,
+    /// Meter units held (counters: against this cycle's limit; gauges: until resolved).
+    pub meter: Option<HeldUnits>,
+    pub created_at: DateTime<Utc>,
+    /// Wall-clock expiry, for display and for restoring the deadline after a restart.
+    pub expires_at: DateTime<Utc>,
+    /// Expiry on the server's monotonic clock (milliseconds): what actually decides.
+    #[serde(skip)]
+    pub deadline_ms: u64,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldUnits {
+    pub meter: String,
+    pub kind: MeterKind,
+    pub units: u64,
+}
+
+/// How a hold ended, kept for a while so a late Commit gets a precise error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldEnd {
+    Committed,
+    Released,
+    Expired,
+}
+
+impl HoldEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldEnd::Committed => "committed",
+            HoldEnd::Released => "released",
+            HoldEnd::Expired => "expired",
+        }
+    }
+}

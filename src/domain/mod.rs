@@ -1,0 +1,49 @@
+//! Pure types and rules: no I/O, no clocks, no gRPC. Every function takes `now` when time
+//! matters, so the rules are testable (and property-tested) without a runtime.
+
+pub mod account;
+pub mod amount;
+pub mod audit;
+pub mod cycle;
+pub mod grant;
+pub mod hold;
+pub mod ids;
+pub mod ledger;
+pub mod limits;
+pub mod price;
+#[cfg(test)]
+mod props;
+pub mod spend;
+
+pub use amount::{parse_credits, Credits};
+
+/// A rejected input: which field, and what was wrong with it. Changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidInput {
+    pub field: String,
+    pub reason: String,
+}
+
+impl InvalidInput {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The two clocks every rule needs: wall time for calendars and records, and a monotonic
+/// millisecond count for expiries (immune to wall-clock steps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub wall: chrono::DateTime<chrono::Utc>,
+    pub mono_ms: u64,
+}
+
+impl Now {
+    pub fn wall_ms(&self) -> u64 {
+        u64::try_from(self.wall.timestamp_millis()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,199 @@
+//! Request ids already answered, with a fingerprint of their arguments and the answer.
+//!
+//! An entry is inserted under the owning account's lock, in the same critical section as
+//! the change it answers, so two concurrent calls with one id can never both be charged.
+//! Entries live `retention` (≥ 24 h) in memory and in the store; beyond `max_entries` the
+//! oldest leave memory first and are then looked up in the store on a miss.
+
+use super::outcome::Outcome;
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct IdemEntry {
+    pub fingerprint: u64,
+    pub account_id: String,
+    pub outcome: Arc<Outcome>,
+    /// False until the change is durable: a duplicate arriving before that cannot be told
+    /// the outcome yet.
+    pub durable: bool,
+    pub created_ms: u64,
+}
+
+/// What a lookup found.
+pub enum Seen {
+    New,
+    Replay(Arc<Outcome>),
+    Mismatch,
+    InFlight,
+}
+
+pub struct Idempotency {
+    entries: DashMap<String, IdemEntry>,
+    retention_ms: u64,
+    max_entries: usize,
+    /// Set once entries were evicted for space: a miss must then ask the store.
+    evicted: AtomicBool,
+}
+
+impl Idempotency {
+    pub fn new(retention_ms: u64, max_entries: usize) -> Self {
+        Idempotency {
+            entries: DashMap::new(),
+            retention_ms,
+            max_entries,
+            evicted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn check(&self, request_id: &str, fingerprint: u64) -> Seen {
+        match self.entries.get(request_id) {
+            None => Seen::New,
+            Some(e) if e.fingerprint != fingerprint => Seen::Mismatch,
+            Some(e) if !e.durable => Seen::InFlight,
+            Some(e) => Seen::Replay(e.outcome.clone()),
+        }
+    }
+
+    pub fn contains(&self, request_id: &str) -> bool {
+        self.entries.contains_key(request_id)
+    }
+
+    pub fn insert(&self, request_id: String, entry: IdemEntry) {
+        self.entries.insert(request_id, entry);
+    }
+
+    pub fn mark_durable(&self, request_id: &str) {
+        if let Some(mut e) = self.entries.get_mut(request_id) {
+            e.durable = true;
+        }
+    }
+
+    /// Forgets an answer whose change never became durable: a retry must run it again.
+    pub fn forget(&self, request_id: &str) {
+        self.entries.remove(request_id);
+    }
+
+    /// Whether a miss in memory may still be a hit in the store.
+    pub fn may_be_in_store(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Drops entries past retention, then the oldest durable ones while over `max_entries`.
+    /// Returns how many left memory.
+    pub fn sweep(&self, now_ms: u64) -> usize {
+        let before = self.entries.len();
+        let cutoff = now_ms.saturating_sub(self.retention_ms);
+        self.entries
+            .retain(|_, e| e.created_ms >= cutoff || !e.durable);
+        let over = self.entries.len().saturating_sub(self.max_entries);
+        if over > 0 {
+            let mut ages: Vec<u64> = self
+                .entries
+                .iter()
+                .filter(|e| e.durable)
+                .map(|e| e.created_ms)
+                .collect();
+            ages.sort_unstable();
+            if let Some(&newest_evicted) = ages.get(over.min(ages.len()).saturating_sub(1)) {
+                self.entries
+                    .retain(|_, e| e.created_ms > newest_evicted || !e.durable);
+                self.evicted.store(true, Ordering::Relaxed);
+            }
+        }
+        before - self.entries.len()
+    }
+}
+
+/// FNV-1a over the canonical bytes of a request's arguments. Stable across builds and
+/// versions, because it is persisted with the answer.
+#[derive(Clone, Copy)]
+pub struct Fingerprint(u64);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Fingerprint(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fingerprint {
+    pub fn add(mut self, field: &[u8]) -> Self {
+        for &b in field.iter().chain(&[0xff]) {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self
+    }
+
+    pub fn str(self, s: &str) -> Self {
+        self.add(s.as_bytes())
+    }
+
+    pub fn num(self, n: u64) -> Self {
+        self.add(&n.to_le_bytes())
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(ms: u64, durable: bool) -> IdemEntry {
+        IdemEntry {
+            fingerprint: 1,
+            account_id: "a".into(),
+            outcome: Arc::new(Outcome::AccountChanged),
+            durable,
+            created_ms: ms,
+        }
+    }
+
+    #[test]
+    fn replay_mismatch_and_in_flight() {
+        let t = Idempotency::new(1000, 10);
+        assert!(matches!(t.check("r", 1), Seen::New));
+        t.insert("r".into(), entry(0, false));
+        assert!(matches!(t.check("r", 1), Seen::InFlight));
+        t.mark_durable("r");
+        assert!(matches!(t.check("r", 1), Seen::Replay(_)));
+        assert!(matches!(t.check("r", 2), Seen::Mismatch));
+    }
+
+    #[test]
+    fn sweep_keeps_retention_and_bound() {
+        let t = Idempotency::new(1000, 2);
+        for (i, ms) in [100u64, 200, 300, 5000].iter().enumerate() {
+            t.insert(format!("r{i}"), entry(*ms, true));
+        }
+        t.insert("pending".into(), entry(0, false));
+        t.sweep(1250); // r0 and r1 are past retention; pending is never dropped
+        assert!(matches!(t.check("r0", 1), Seen::New));
+        assert!(matches!(t.check("r2", 1), Seen::Replay(_)));
+        assert!(!t.may_be_in_store());
+        t.insert("r9".into(), entry(6000, true));
+        t.sweep(1300); // r2, r3, r9 + pending: one over the bound, the oldest durable goes
+        assert!(matches!(t.check("r2", 1), Seen::New));
+        assert!(t.may_be_in_store());
+        assert!(matches!(t.check("pending", 1), Seen::InFlight));
+    }
+
+    #[test]
+    fn fingerprints_separate_fields() {
+        let a = Fingerprint::default().str("ab").str("c").finish();
+        let b = Fingerprint::default().str("a").str("bc").finish();
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,394 @@
+//! The hot path: accounts in memory (sharded map, one lock per account), the decision,
+//! holds and their expiry, idempotency, and hand-off to the journal.
+//!
+//! Every operation follows one shape: validate outside any lock; take the account's lock;
+//! answer a replay if the request id was seen; bring the account up to `now`; decide and
+//! apply with the pure rules of `domain`; queue the records and the answer; release the
+//! lock; then, in `sync` durability, wait for the group commit before answering.
+
+pub mod admin;
+pub mod cell;
+pub mod clock;
+pub mod idempotency;
+mod metering;
+pub mod outcome;
+pub mod request;
+pub mod views;
+
+use crate::domain::account::Account;
+use crate::domain::audit::AuditRecord;
+use crate::domain::ids::IdGenerator;
+use crate::domain::ledger::LedgerEntry;
+use crate::domain::price::PriceBook;
+use crate::error::Error;
+use crate::journal::{Durability, Journal};
+use crate::store::{IdemRow, Recovered, RequestLookup, StoreError};
+use cell::{AccountCell, Pending, Slot};
+use clock::Clock;
+use dashmap::DashMap;
+use idempotency::{IdemEntry, Idempotency, Seen};
+use outcome::Outcome;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Limits and defaults of the engine (see `config` for the documented names).
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub idempotency_retention: Duration,
+    pub idempotency_max_entries: usize,
+    pub default_hold_ttl: Duration,
+    pub max_hold_ttl: Duration,
+    /// Most live holds one account may have; Reserve beyond it is FAILED_PRECONDITION.
+    pub max_holds_per_account: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            idempotency_max_entries: 5_000_000,
+            default_hold_ttl: Duration::from_secs(60),
+            max_hold_ttl: Duration::from_secs(24 * 3600),
+            max_holds_per_account: 10_000,
+        }
+    }
+}
+
+/// An answer, and whether it is the stored answer to an earlier call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer<T> {
+    pub outcome: T,
+    pub replayed: bool,
+}
+
+/// Waits for durability of one change (none in `async` mode or when nothing changed).
+type Durable = Option<oneshot::Receiver<Result<(), StoreError>>>;
+
+pub struct Engine {
+    accounts: DashMap<String, Arc<AccountCell>>,
+    /// Accounts with live holds: the expiry sweep visits only these.
+    with_holds: DashMap<String, ()>,
+    idempotency: Arc<Idempotency>,
+    prices: RwLock<Arc<PriceBook>>,
+    /// Serializes price-book changes (each makes a new version from the last).
+    price_writes: tokio::sync::Mutex<()>,
+    ids: IdGenerator,
+    clock: Arc<dyn Clock>,
+    journal: Journal,
+    lookup: Option<Arc<dyn RequestLookup>>,
+    options: EngineOptions,
+}
+
+impl Engine {
+    /// Builds the engine from what the store recovered.
+    pub fn new(
+        recovered: Recovered,
+        journal: Journal,
+        idempotency: Arc<Idempotency>,
+        lookup: Option<Arc<dyn RequestLookup>>,
+        clock: Arc<dyn Clock>,
+        options: EngineOptions,
+    ) -> Engine {
+        let now = clock.now();
+        let accounts = DashMap::with_capacity(recovered.accounts.len());
+        let with_holds = DashMap::new();
+        for mut account in recovered.accounts {
+            account.restore_deadlines(now);
+            if !account.holds.is_empty() {
+                with_holds.insert(account.id.clone(), ());
+            }
+            accounts.insert(account.id.clone(), Arc::new(AccountCell::new(account)));
+        }
+        for row in recovered.idempotency {
+            if let Some(entry) = idem_entry_from_row(&row) {
+                idempotency.insert(row.request_id, entry);
+            }
+        }
+        Engine {
+            accounts,
+            with_holds,
+            idempotency,
+            prices: RwLock::new(Arc::new(recovered.price_book)),
+            price_writes: tokio::sync::Mutex::new(()),
+            ids: IdGenerator::starting_after(recovered.id_floor),
+            clock,
+            journal,
+            lookup,
+            options,
+        }
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Resolves when every change made so far is durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.journal.flush().await
+    }
+
+    fn cell(&self, account_id: &str) -> Option<Arc<AccountCell>> {
+        self.accounts.get(account_id).map(|c| c.value().clone())
+    }
+
+    fn price_book(&self) -> Arc<PriceBook> {
+        self.prices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads an answered request id evicted from memory back from the store, so the check
+    /// under the account lock sees it. Only needed once memory has evicted anything.
+    async fn recall(&self, key: &str) -> Result<(), Error> {
+        let Some(lookup) = self.lookup.clone() else {
+            return Ok(());
+        };
+        if !self.idempotency.may_be_in_store() || self.idempotency.contains(key) {
+            return Ok(());
+        }
+        let k = key.to_string();
+        let row = tokio::task::spawn_blocking(move || lookup.find_request(&k))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot read answered requests from the store: {e}"))
+            })?;
+        if let Some(row) = row {
+            if let Some(entry) = idem_entry_from_row(&row) {
+                self.idempotency.insert(row.request_id, entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a change made under the account's lock: queues its ledger entries, audit
+    /// record and answer for the journal, and returns what to wait on for durability.
+    fn record(&self, cell: &Arc<AccountCell>, slot: &mut Slot, change: Change) -> Durable {
+        if change.entries.is_empty()
+            && change.audit.is_none()
+            && change.answer.is_none()
+            && !change.state_changed
+        {
+            return None;
+        }
+        let sync = self.journal.durability == Durability::Sync;
+        let idem = change.answer.map(|(key, fingerprint, outcome)| {
+            let created_ms = self.clock.now().wall_ms();
+            let row = IdemRow {
+                request_id: key.clone(),
+                account_id: cell.id.clone(),
+                fingerprint,
+                outcome_json: serde_json::to_string(&outcome).expect("outcome serializes"),
+                created_ms,
+            };
+            let entry = IdemEntry {
+                fingerprint,
+                account_id: cell.id.clone(),
+                outcome: Arc::new(outcome),
+                durable: !sync,
+                created_ms,
+            };
+            self.idempotency.insert(key, entry);
+            row
+        });
+        let (waiter, durable) = if sync && change.wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        slot.pending.push(Pending {
+            entries: change.entries,
+            audit: change.audit,
+            idem,
+            waiter,
+        });
+        let mut queued = slot.queued;
+        self.journal.queue(cell, &mut queued);
+        slot.queued = queued;
+        durable
+    }
+
+    /// Looks a request id up under the account's lock.
+    fn seen(&self, key: &str, fingerprint: u64) -> Result<Option<Arc<Outcome>>, Error> {
+        match self.idempotency.check(key, fingerprint) {
+            Seen::New => Ok(None),
+            Seen::Replay(outcome) => Ok(Some(outcome)),
+            Seen::Mismatch => Err(Error::AlreadyExists(
+                "request_id was already used with different arguments; use a new request_id for a new operation".into(),
+            )),
+            Seen::InFlight => Err(Error::Unavailable(
+                "a call with this request_id is still in progress; retry shortly with the same request_id".into(),
+            )),
+        }
+    }
+
+    /// Expires due holds of accounts that have any. Called periodically; also happens lazily
+    /// whenever an account is touched.
+    pub fn sweep_holds(&self) -> usize {
+        let ids: Vec<String> = self.with_holds.iter().map(|e| e.key().clone()).collect();
+        let mut expired = 0;
+        for id in ids {
+            let Some(cell) = self.cell(&id) else { continue };
+            let mut slot = cell.lock();
+            let before = slot.account.holds.len();
+            let entries = slot.account.advance(self.clock.now(), &self.ids);
+            expired += before - slot.account.holds.len();
+            if slot.account.holds.is_empty() {
+                self.with_holds.remove(&id);
+            }
+            self.record(&cell, &mut slot, Change::maintenance(entries));
+        }
+        expired
+    }
+
+    /// Rolls every account whose cycle ended into its new cycle (plan renewal, expiry of
+    /// unused plan credits). Also happens lazily when an account is touched.
+    pub fn sweep_cycles(&self) -> usize {
+        let cells: Vec<Arc<AccountCell>> =
+            self.accounts.iter().map(|e| e.value().clone()).collect();
+        let now = self.clock.now();
+        let mut rolled = 0;
+        for cell in cells {
+            let mut slot = cell.lock();
+            if slot.gone || now.wall < slot.account.cycle.end {
+                continue;
+            }
+            let entries = slot.account.advance(now, &self.ids);
+            rolled += 1;
+            self.record(&cell, &mut slot, Change::maintenance(entries));
+        }
+        rolled
+    }
+
+    /// Forgets answered request ids past retention (memory and store).
+    pub fn sweep_requests(&self) -> usize {
+        self.idempotency.sweep(self.clock.now().wall_ms())
+    }
+
+    /// Asks the store to forget answered request ids past retention.
+    pub fn prune_stored_requests(&self) {
+        let cutoff = self
+            .clock
+            .now()
+            .wall_ms()
+            .saturating_sub(self.options.idempotency_retention.as_millis() as u64);
+        self.journal.prune_requests(cutoff);
+    }
+
+    /// Writes what is queued and closes the store. Used once, at shutdown.
+    pub async fn stop_journal(&self) -> Result<(), StoreError> {
+        self.journal.stop().await
+    }
+
+    fn audit(
+        &self,
+        actor: &str,
+        operation: &str,
+        account_id: &str,
+        request_id: Option<&str>,
+        before: String,
+        after: String,
+    ) -> AuditRecord {
+        let now = self.clock.now();
+        AuditRecord {
+            id: self.ids.next_string("au_", now.wall_ms()),
+            occurred_at: now.wall,
+            actor: actor.to_string(),
+            operation: operation.to_string(),
+            account_id: account_id.to_string(),
+            before_json: before,
+            after_json: after,
+            request_id: request_id.map(str::to_string),
+        }
+    }
+
+    /// A snapshot of an account brought up to now (for reads).
+    fn read_account<T>(
+        &self,
+        account_id: &str,
+        read: impl FnOnce(&Account, crate::domain::Now) -> T,
+    ) -> Option<T> {
+        let cell = self.cell(account_id)?;
+        let mut slot = cell.lock();
+        if slot.gone {
+            return None;
+        }
+        let now = self.clock.now();
+        let entries = slot.account.advance(now, &self.ids);
+        let value = read(&slot.account, now);
+        self.record(&cell, &mut slot, Change::maintenance(entries));
+        Some(value)
+    }
+}
+
+/// What one operation changed, for `Engine::record`.
+#[derive(Default)]
+struct Change {
+    entries: Vec<LedgerEntry>,
+    audit: Option<AuditRecord>,
+    /// The idempotency key, the request's fingerprint and the answer to replay.
+    answer: Option<(String, u64, Outcome)>,
+    /// The state changed even without records (e.g. Extend without a request id).
+    state_changed: bool,
+    /// Whether the caller waits for durability.
+    wait: bool,
+}
+
+impl Change {
+    /// Housekeeping changes (expiries, rollovers) that nobody waits for.
+    fn maintenance(entries: Vec<LedgerEntry>) -> Change {
+        Change {
+            entries,
+            ..Change::default()
+        }
+    }
+}
+
+/// Idempotency keys are scoped by account: two organizations never collide on an id.
+fn idem_key(account_id: &str, request_id: &str) -> String {
+    let mut key = String::with_capacity(account_id.len() + request_id.len() + 1);
+    key.push_str(account_id);
+    key.push('\u{1f}');
+    key.push_str(request_id);
+    key
+}
+
+fn idem_entry_from_row(row: &IdemRow) -> Option<IdemEntry> {
+    let outcome: Outcome = match serde_json::from_str(&row.outcome_json) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(request_id = %row.request_id, error = %e, "unreadable stored answer; the id is treated as new");
+            return None;
+        }
+    };
+    Some(IdemEntry {
+        fingerprint: row.fingerprint,
+        account_id: row.account_id.clone(),
+        outcome: Arc::new(outcome),
+        durable: true,
+        created_ms: row.created_ms,
+    })
+}
+
+/// Waits until a change is durable; maps a failed write to UNAVAILABLE.
+async fn settle<T>(durable: Durable, answer: Answer<T>) -> Result<Answer<T>, Error> {
+    if let Some(rx) = durable {
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::not_durable(&e)),
+            Err(_) => {
+                return Err(Error::not_durable(&StoreError::Failed(
+                    "the journal writer stopped".into(),
+                )))
+            }
+        }
+    }
+    Ok(answer)
+}

@@ -1,0 +1,296 @@
+//! Group commit: the one writer of the durable store.
+//!
+//! Requests change accounts in memory and queue their records on the account (see
+//! `engine::cell`); the account itself is queued here once. The writer thread takes
+//! everything queued, writes it in one transaction, then wakes every waiter. While a write
+//! is in flight new work queues, so a busy server batches thousands of records per write
+//! and an idle one adds no delay: there is no timer in `sync` mode.
+//!
+//! The queue holds each account at most once, so it is bounded by the number of accounts.
+//!
+//! When a write fails, every account in it is reloaded from the store (the cache must
+//! agree with the store again) and every waiting request is told UNAVAILABLE: it was not
+//! charged, and its request id is forgotten so a retry runs it again.
+//!
+//! A creditd crash loses: in `sync` mode nothing acknowledged; in `async` mode at most the
+//! last `flush_interval` of acknowledged changes.
+
+use crate::domain::account::Account;
+use crate::domain::audit::AuditRecord;
+use crate::domain::price::PriceBook;
+use crate::engine::cell::{AccountCell, Pending, Waiter};
+use crate::engine::clock::Clock;
+use crate::engine::idempotency::Idempotency;
+use crate::store::{Batch, Store, StoreError};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Answer only after the change is durable.
+    Sync,
+    /// Answer from memory; write within the flush interval.
+    Async,
+}
+
+enum Msg {
+    Account(Arc<AccountCell>),
+    Global {
+        price_book: Option<Arc<PriceBook>>,
+        audit: Option<AuditRecord>,
+        waiter: Option<Waiter>,
+    },
+    Flush(Waiter),
+    /// Drop answered request ids older than this from the store.
+    Prune(u64),
+    /// Write what is queued, then stop and close the store.
+    Stop(Waiter),
+}
+
+/// The handle the engine holds. Cloning shares the one writer.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Msg>,
+    pub durability: Durability,
+}
+
+/// Settings of the writer.
+#[derive(Clone, Debug)]
+pub struct JournalOptions {
+    pub durability: Durability,
+    pub flush_interval: Duration,
+}
+
+impl Journal {
+    /// Starts the writer thread over `store`. It stops when every `Journal` is dropped, after
+    /// writing what was queued.
+    pub fn start(
+        store: Box<dyn Store>,
+        idempotency: Arc<Idempotency>,
+        clock: Arc<dyn Clock>,
+        options: JournalOptions,
+    ) -> (Journal, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            store,
+            clock,
+            idempotency,
+            rx,
+            options: options.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("creditd-journal".into())
+            .spawn(move || writer.run())
+            .expect("spawn journal thread");
+        (
+            Journal {
+                tx,
+                durability: options.durability,
+            },
+            handle,
+        )
+    }
+
+    /// Queues `cell` for the next write, unless it is queued already. Called under the
+    /// account's lock, right after pushing a `Pending`.
+    pub fn queue(&self, cell: &Arc<AccountCell>, already_queued: &mut bool) {
+        if !*already_queued {
+            *already_queued = true;
+            // A send fails only after the writer stopped (shutdown); the waiter then sees
+            // a closed channel and the caller answers UNAVAILABLE.
+            let _ = self.tx.send(Msg::Account(cell.clone()));
+        }
+    }
+
+    /// Writes a change that belongs to no single account (the global price book).
+    pub fn write_global(
+        &self,
+        price_book: Option<Arc<PriceBook>>,
+        audit: Option<AuditRecord>,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (waiter, done) = oneshot::channel();
+        let _ = self.tx.send(Msg::Global {
+            price_book,
+            audit,
+            waiter: Some(waiter),
+        });
+        done
+    }
+
+    /// Asks the writer to forget answered request ids older than `before_ms`.
+    pub fn prune_requests(&self, before_ms: u64) {
+        let _ = self.tx.send(Msg::Prune(before_ms));
+    }
+
+    /// Writes what is queued, then stops the writer and closes the store (releasing the
+    /// data directory). Later changes are answered UNAVAILABLE.
+    pub async fn stop(&self) -> Result<(), StoreError> {
+        let (waiter, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Stop(waiter))
+            .map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?;
+        done.await
+            .map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?
+    }
+
+    /// Resolves when everything queued before it is durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (waiter, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(waiter))
+            .map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?;
+        done.await
+            .map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?
+    }
+}
+
+struct Writer {
+    store: Box<dyn Store>,
+    clock: Arc<dyn Clock>,
+    idempotency: Arc<Idempotency>,
+    rx: mpsc::Receiver<Msg>,
+    options: JournalOptions,
+}
+
+/// What one write carries, and whom to tell how it went.
+#[derive(Default)]
+struct Round {
+    batch: Batch,
+    cells: Vec<Arc<AccountCell>>,
+    pending: Vec<Pending>,
+    waiters: Vec<Waiter>,
+    stop: Option<Waiter>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut round = Round::default();
+            self.take(first, &mut round);
+            while let Ok(more) = self.rx.try_recv() {
+                self.take(more, &mut round);
+            }
+            let stop = round.stop.take();
+            self.write(round);
+            if let Some(waiter) = stop {
+                let _ = waiter.send(Ok(()));
+                return;
+            }
+            if self.options.durability == Durability::Async {
+                // Nobody waits in async mode: let work accumulate for one interval.
+                std::thread::sleep(self.options.flush_interval);
+            }
+        }
+    }
+
+    fn take(&mut self, msg: Msg, round: &mut Round) {
+        match msg {
+            Msg::Account(cell) => {
+                let mut slot = cell.lock();
+                slot.queued = false;
+                let state = serde_json::to_string(&slot.account).expect("account state serializes");
+                round.batch.accounts.push((cell.id.clone(), state));
+                for mut p in slot.pending.drain(..) {
+                    round.batch.entries.append(&mut p.entries);
+                    round.batch.audit.extend(p.audit.take());
+                    round.batch.idempotency.extend(p.idem.clone());
+                    round.pending.push(p);
+                }
+                drop(slot);
+                round.cells.push(cell);
+            }
+            Msg::Global {
+                price_book,
+                audit,
+                waiter,
+            } => {
+                if price_book.is_some() {
+                    round.batch.price_book = price_book;
+                }
+                round.batch.audit.extend(audit);
+                round.waiters.extend(waiter);
+            }
+            Msg::Flush(waiter) => round.waiters.push(waiter),
+            Msg::Prune(before_ms) => match self.store.prune_requests(before_ms) {
+                Ok(n) => tracing::debug!(pruned = n, "forgot answered request ids past retention"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not prune answered request ids; will retry")
+                }
+            },
+            Msg::Stop(waiter) => round.stop = Some(waiter),
+        }
+    }
+
+    fn write(&mut self, round: Round) {
+        let result = if round.batch.is_empty() {
+            Ok(())
+        } else {
+            self.store.write(&round.batch)
+        };
+        match result {
+            Ok(()) => {
+                for p in round.pending {
+                    if let Some(idem) = &p.idem {
+                        self.idempotency.mark_durable(&idem.request_id);
+                    }
+                    if let Some(w) = p.waiter {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                for w in round.waiters {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, accounts = round.cells.len(), "journal write failed; reloading the affected accounts");
+                let mut failed = round.pending;
+                for cell in &round.cells {
+                    failed.extend(self.reload(cell));
+                }
+                for p in failed {
+                    if let Some(idem) = &p.idem {
+                        self.idempotency.forget(&idem.request_id);
+                    }
+                    if let Some(w) = p.waiter {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                }
+                for w in round.waiters {
+                    let _ = w.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Puts the account back to its last durable state. Changes made on top of the failed
+    /// one are dropped with it and returned so their callers hear of it.
+    fn reload(&mut self, cell: &Arc<AccountCell>) -> Vec<Pending> {
+        let mut slot = cell.lock();
+        match self.store.load_account(&cell.id) {
+            Ok(Some(mut account)) => {
+                account.restore_deadlines(self.clock.now());
+                restore_deadlines_like(&slot.account, &mut account);
+                slot.account = account;
+            }
+            Ok(None) => slot.gone = true,
+            Err(e) => {
+                tracing::error!(account = %cell.id, error = %e, "cannot reload account after a failed write; it is suspended until restart");
+                slot.account.status = crate::domain::account::AccountStatus::Suspended;
+            }
+        }
+        slot.queued = false;
+        slot.pending.drain(..).collect()
+    }
+}
+
+/// A reloaded account keeps the monotonic deadlines its holds had in memory.
+fn restore_deadlines_like(before: &Account, after: &mut Account) {
+    for (id, hold) in after.holds.iter_mut() {
+        if let Some(h) = before.holds.get(id) {
+            hold.deadline_ms = h.deadline_ms;
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The embedded default store: one data directory, SQLite in WAL mode.
+//!
+//! Survives: a creditd crash (`kill -9`) loses nothing acknowledged in `sync` durability.
+//! With `synchronous = full` (default) a power loss loses nothing acknowledged either, at
+//! one fsync per group commit; `normal` may lose the last commits on power loss.
+//! One process owns a data directory: an exclusive lock on `LOCK` is taken at open and a
+//! second process gets a clear error instead of a corrupted store.
+
+use super::{Batch, IdemRow, Recovered, Store, StoreError};
+use crate::domain::account::Account;
+use crate::domain::ids::id_number;
+use fs4::fs_std::FileExt;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/embedded/0001_init.sql")];
+const DB_FILE: &str = "creditd.db";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// fsync at every commit: survives power loss.
+    Full,
+    /// fsync at checkpoints: survives a process crash, may lose the last commits on power loss.
+    Normal,
+}
+
+pub struct EmbeddedStore {
+    conn: Connection,
+    _lock: File,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Failed(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`, locking it for this process.
+    pub fn open(dir: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Failed(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let lock = File::create(dir.join("LOCK")).map_err(|e| {
+            StoreError::Failed(format!("cannot create {}/LOCK: {e}", dir.display()))
+        })?;
+        if !lock.try_lock_exclusive().unwrap_or(false) {
+            return Err(StoreError::Locked(format!(
+                "data directory {} is in use by another creditd process; stop it or pass a different --data-dir",
+                dir.display()
+            )));
+        }
+        let conn = connect(&dir.join(DB_FILE), synchronous)?;
+        migrate(&conn)?;
+        Ok(EmbeddedStore { conn, _lock: lock })
+    }
+
+    /// A second, read-only connection for lookups off the writer thread (WAL allows it).
+    pub fn reader(dir: &Path) -> Result<EmbeddedReader, StoreError> {
+        let conn = Connection::open_with_flags(
+            dir.join(DB_FILE),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(EmbeddedReader {
+            conn: std::sync::Mutex::new(conn),
+        })
+    }
+
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(DB_FILE)
+    }
+}
+
+fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let applied: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the data directory was written by a newer creditd (schema {applied}, this build knows {})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl Store for EmbeddedStore {
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut put_account = tx.prepare_cached(
+                "INSERT INTO accounts (id, state, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+            )?;
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            for (id, state) in &batch.accounts {
+                put_account.execute(params![id, state, now_ms])?;
+            }
+            let mut put_entry = tx.prepare_cached(
+                "INSERT OR IGNORE INTO journal (entry_id, account_id, kind, occurred_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for e in &batch.entries {
+                let body = serde_json::to_string(e)?;
+                put_entry.execute(params![
+                    e.id,
+                    e.account_id,
+                    e.kind.as_str(),
+                    e.occurred_at.timestamp_millis(),
+                    body
+                ])?;
+            }
+            let mut put_request = tx.prepare_cached(
+                "INSERT OR REPLACE INTO requests (request_id, account_id, fingerprint, outcome, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in &batch.idempotency {
+                put_request.execute(params![
+                    r.request_id,
+                    r.account_id,
+                    r.fingerprint as i64,
+                    r.outcome_json,
+                    r.created_ms as i64
+                ])?;
+            }
+            let mut put_audit = tx.prepare_cached(
+                "INSERT OR IGNORE INTO audit_log (id, occurred_ms, account_id, actor, operation, request_id, before_json, after_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for a in &batch.audit {
+                put_audit.execute(params![
+                    a.id,
+                    a.occurred_at.timestamp_millis(),
+                    a.account_id,
+                    a.actor,
+                    a.operation,
+                    a.request_id,
+                    a.before_json,
+                    a.after_json
+                ])?;
+            }
+            if let Some(book) = &batch.price_book {
+                tx.execute(
+                    "INSERT INTO settings (key, value) VALUES ('price_book', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![serde_json::to_string(book.as_ref())?],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError> {
+        let state: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT state FROM accounts WHERE id = ?1",
+                [account_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
+    }
+
+    fn recover(&mut self, idem_since_ms: u64) -> Result<Recovered, StoreError> {
+        let mut out = Recovered::default();
+        let mut stmt = self.conn.prepare("SELECT state FROM accounts")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for state in rows {
+            out.accounts.push(serde_json::from_str(&state?)?);
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT request_id, account_id, fingerprint, outcome, created_ms FROM requests WHERE created_ms >= ?1",
+        )?;
+        let rows = stmt.query_map([idem_since_ms as i64], row_to_idem)?;
+        for row in rows {
+            out.idempotency.push(row?);
+        }
+        let book: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'price_book'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(book) = book {
+            out.price_book = serde_json::from_str(&book)?;
+        }
+        let last_entry: Option<String> = self
+            .conn
+            .query_row("SELECT max(entry_id) FROM journal", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        out.id_floor = last_entry.as_deref().and_then(id_number).unwrap_or(0);
+        Ok(out)
+    }
+
+    fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM requests WHERE created_ms < ?1",
+            [before_ms as i64],
+        )?)
+    }
+}
+
+/// Read-only lookups for the request path (answered request ids evicted from memory).
+pub struct EmbeddedReader {
+    conn: std::sync::Mutex<Connection>,
+}
+
+impl super::RequestLookup for EmbeddedReader {
+    fn find_request(&self, request_id: &str) -> Result<Option<IdemRow>, StoreError> {
+        find_request(
+            &self.conn.lock().unwrap_or_else(|p| p.into_inner()),
+            request_id,
+        )
+    }
+}
+
+fn find_request(conn: &Connection, request_id: &str) -> Result<Option<IdemRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT request_id, account_id, fingerprint, outcome, created_ms FROM requests WHERE request_id = ?1",
+            [request_id],
+            row_to_idem,
+        )
+        .optional()?)
+}
+
+fn row_to_idem(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdemRow> {
+    Ok(IdemRow {
+        request_id: r.get(0)?,
+        account_id: r.get(1)?,
+        fingerprint: r.get::<_, i64>(2)? as u64,
+        outcome_json: r.get(3)?,
+        created_ms: r.get::<_, i64>(4)? as u64,
+    })
+}

@@ -1,0 +1,74 @@
+//! Durable state: the seam between the journal and a concrete store. The embedded SQLite
+//! store is the default; every store passes the same behavioural tests.
+
+pub mod embedded;
+
+use crate::domain::account::Account;
+use crate::domain::audit::AuditRecord;
+use crate::domain::ledger::LedgerEntry;
+use crate::domain::price::PriceBook;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the durable store failed: {0}")]
+    Failed(String),
+    #[error("the durable store holds data this version cannot read: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Locked(String),
+}
+
+/// An answered request id as stored, with its answer serialized.
+#[derive(Clone, Debug)]
+pub struct IdemRow {
+    pub request_id: String,
+    pub account_id: String,
+    pub fingerprint: u64,
+    pub outcome_json: String,
+    pub created_ms: u64,
+}
+
+/// One group commit: account states and the records that produced them, written atomically.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub accounts: Vec<(String, String)>,
+    pub entries: Vec<LedgerEntry>,
+    pub idempotency: Vec<IdemRow>,
+    pub audit: Vec<AuditRecord>,
+    pub price_book: Option<Arc<PriceBook>>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+            && self.entries.is_empty()
+            && self.audit.is_empty()
+            && self.price_book.is_none()
+    }
+}
+
+/// Everything needed to rebuild the engine after a restart.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub accounts: Vec<Account>,
+    pub idempotency: Vec<IdemRow>,
+    pub price_book: PriceBook,
+    /// Highest numeric id part seen, so new ids stay above it.
+    pub id_floor: u64,
+}
+
+pub trait Store: Send + 'static {
+    /// Writes a batch atomically: all of it or none of it.
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError>;
+    fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError>;
+    /// Loads every account, the request ids answered since `idem_since_ms`, and the prices.
+    fn recover(&mut self, idem_since_ms: u64) -> Result<Recovered, StoreError>;
+    /// Deletes request ids answered before `before_ms`.
+    fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError>;
+}
+
+/// Looks up an answered request id off the writer's connection (for ids evicted from memory).
+pub trait RequestLookup: Send + Sync + 'static {
+    fn find_request(&self, request_id: &str) -> Result<Option<IdemRow>, StoreError>;
+}
