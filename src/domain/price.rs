@@ -2,7 +2,7 @@
 
 use super::amount::Credits;
 use super::InvalidInput;
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,24 +21,24 @@ pub struct PriceEntry {
 
 impl PriceEntry {
     /// `quantity × credits_per_unit ÷ unit_size`, rounded up to `precision` fractional digits.
-    /// Quantities so large that the cost leaves the decimal range are rejected.
+    ///
+    /// Computed in exact integer arithmetic: decimal multiplication would silently round
+    /// products beyond 28 significant digits, and a cost must never round down. Costs too
+    /// large to represent are rejected, naming `quantity`.
     pub fn cost(&self, quantity: u64, precision: u32) -> Result<Credits, InvalidInput> {
-        let too_big = || {
-            InvalidInput::new(
-                "quantity",
-                format!(
-                    "{quantity} units of {:?} cost more than can be represented",
-                    self.action
-                ),
-            )
-        };
-        let raw = Decimal::from(quantity)
-            .checked_mul(self.credits_per_unit)
-            .and_then(|x| x.checked_div(Decimal::from(self.unit_size)))
-            .ok_or_else(too_big)?;
-        Ok(raw
-            .round_dp_with_strategy(precision, RoundingStrategy::ToPositiveInfinity)
-            .normalize())
+        let too_big = || InvalidInput::new("quantity", format!("{quantity} units of {:?} cost more than can be represented", self.action));
+        let per_unit = self.credits_per_unit.normalize();
+        let scale = per_unit.scale();
+        // cost = quantity × mantissa ÷ (unit_size × 10^scale); scaled by 10^precision, rounded up.
+        let mut numerator = i128::from(quantity).checked_mul(per_unit.mantissa()).ok_or_else(too_big)?;
+        let mut denominator = i128::from(self.unit_size.max(1));
+        if precision >= scale {
+            numerator = numerator.checked_mul(10i128.pow(precision - scale)).ok_or_else(too_big)?;
+        } else {
+            denominator = denominator.checked_mul(10i128.pow(scale - precision)).ok_or_else(too_big)?;
+        }
+        let scaled = numerator / denominator + i128::from(numerator % denominator != 0);
+        Decimal::try_from_i128_with_scale(scaled, precision).map(|d| d.normalize()).map_err(|_| too_big())
     }
 }
 

@@ -159,6 +159,8 @@ impl Account {
         hold.credits -= from_hold;
         s.allocations = taken;
         s.charged = from_hold;
+        // Counted now, so the caps see it before any extra is weighed against them.
+        self.count_spend(hold.user_id.as_deref(), hold.workspace_id.as_deref(), from_hold);
 
         // 2. Meter units: counters count what was used; the hold keeps covering the rest.
         if let Some(units) = hold.meter.as_mut() {
@@ -201,12 +203,8 @@ impl Account {
             s.allocations.append(&mut taken);
             s.charged += take;
             s.shortfall = extra - take;
+            self.count_spend(hold.user_id.as_deref(), hold.workspace_id.as_deref(), take);
         }
-        self.count_spend(
-            hold.user_id.as_deref(),
-            hold.workspace_id.as_deref(),
-            s.charged,
-        );
 
         if !is_final {
             s.still_held = hold.credits;

@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn sweep_keeps_retention_and_bound() {
-        let t = Idempotency::new(1000, 2);
+        let t = Idempotency::new(1000, 3);
         for (i, ms) in [100u64, 200, 300, 5000].iter().enumerate() {
             t.insert(format!("r{i}"), entry(*ms, true));
         }
