@@ -7,6 +7,7 @@ mod durability;
 mod helpers;
 mod idempotency;
 mod metering;
+mod operations;
 mod reservations;
 mod rollover;
 mod validation;
