@@ -198,7 +198,8 @@ fn spawn_sweepers(
     config: &Config,
 ) {
     let every = |ms: u64| Duration::from_millis(ms);
-    let sweeps: [(Duration, fn(&Engine)); 3] = [
+    type Sweep = fn(&Engine);
+    let sweeps: [(Duration, Sweep); 3] = [
         (every(config.sweep.holds_interval_ms), |e| {
             let n = e.sweep_holds();
             if n > 0 {

@@ -126,7 +126,7 @@ impl Default for Fingerprint {
 }
 
 impl Fingerprint {
-    pub fn add(mut self, field: &[u8]) -> Self {
+    pub fn bytes(mut self, field: &[u8]) -> Self {
         for &b in field.iter().chain(&[0xff]) {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
@@ -135,11 +135,11 @@ impl Fingerprint {
     }
 
     pub fn str(self, s: &str) -> Self {
-        self.add(s.as_bytes())
+        self.bytes(s.as_bytes())
     }
 
     pub fn num(self, n: u64) -> Self {
-        self.add(&n.to_le_bytes())
+        self.bytes(&n.to_le_bytes())
     }
 
     pub fn finish(self) -> u64 {
