@@ -4,7 +4,6 @@
 //! Run: `cargo bench --bench engine`. Throughput is reported as decisions per second.
 
 use chrono::Utc;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use creditd::domain::account::Account;
 use creditd::domain::grant::{Grant, GrantKind};
 use creditd::domain::ids::IdGenerator;
@@ -19,6 +18,7 @@ use creditd::engine::{Engine, EngineOptions};
 use creditd::journal::{Durability, Journal, JournalOptions};
 use creditd::store::embedded::{EmbeddedStore, Synchronous};
 use creditd::store::Store;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,12 +133,23 @@ fn engine(c: &mut Criterion) {
         n += 1;
         DeductRequest {
             request_id: Some(format!("bench-{n}")),
-            target: SpendTarget { account_id: account, user_id: None, workspace_id: None, action: "chat".into(), quantity: 1500, metadata: Default::default() },
+            target: SpendTarget {
+                account_id: account,
+                user_id: None,
+                workspace_id: None,
+                action: "chat".into(),
+                quantity: 1500,
+                metadata: Default::default(),
+            },
             dry_run: false,
         }
     };
     group.bench_function("check_and_deduct/hot_account", |b| {
-        b.iter_batched(|| request("org-0".into()), |r| runtime.block_on(engine.check_and_deduct(r)).unwrap(), BatchSize::SmallInput)
+        b.iter_batched(
+            || request("org-0".into()),
+            |r| runtime.block_on(engine.check_and_deduct(r)).unwrap(),
+            BatchSize::SmallInput,
+        )
     });
     let mut i = 0usize;
     group.bench_function("check_and_deduct/10k_accounts", |b| {

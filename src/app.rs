@@ -28,10 +28,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 /// A running server. Dropping it without `shutdown` leaves the process to exit abruptly,
@@ -51,20 +48,16 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let data_dir = config.store.data_dir.clone();
     let synchronous = config.store.sqlite_synchronous;
     let retention = Duration::from_secs(config.limits.idempotency_retention_hours * 3600);
-    let since_ms = clock
-        .now()
-        .wall_ms()
-        .saturating_sub(retention.as_millis() as u64);
+    let since_ms = clock.now().wall_ms().saturating_sub(retention.as_millis() as u64);
     let started = std::time::Instant::now();
-    let (store, recovered, lookup) =
-        tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let mut store = EmbeddedStore::open(&data_dir, synchronous)?;
-            let recovered = store.recover(since_ms)?;
-            let lookup = EmbeddedStore::reader(&data_dir)?;
-            Ok((store, recovered, lookup))
-        })
-        .await
-        .expect("recovery task")?;
+    let (store, recovered, lookup) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let mut store = EmbeddedStore::open(&data_dir, synchronous)?;
+        let recovered = store.recover(since_ms)?;
+        let lookup = EmbeddedStore::reader(&data_dir)?;
+        Ok((store, recovered, lookup))
+    })
+    .await
+    .expect("recovery task")?;
     tracing::info!(
         accounts = recovered.accounts.len(),
         answered_requests = recovered.idempotency.len(),
@@ -73,10 +66,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         "recovered state from the embedded store"
     );
 
-    let idempotency = Arc::new(Idempotency::new(
-        retention.as_millis() as u64,
-        config.limits.idempotency_max_entries,
-    ));
+    let idempotency = Arc::new(Idempotency::new(retention.as_millis() as u64, config.limits.idempotency_max_entries));
     let (journal, writer) = Journal::start(
         Box::new(store),
         idempotency.clone(),
@@ -94,33 +84,17 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         max_holds_per_account: config.limits.max_holds_per_account,
     };
     let lookup: Arc<dyn RequestLookup> = Arc::new(lookup);
-    let engine = Arc::new(Engine::new(
-        recovered,
-        journal,
-        idempotency,
-        Some(lookup),
-        clock,
-        options,
-    ));
+    let engine = Arc::new(Engine::new(recovered, journal, idempotency, Some(lookup), clock, options));
 
     let addr = config.listen_addr();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
 
     let stop_intake = CancellationToken::new();
     let stop_tasks = CancellationToken::new();
     let tasks = TaskTracker::new();
     spawn_sweepers(&tasks, &stop_tasks, &engine, config);
-    let server = tokio::spawn(serve(
-        listener,
-        engine.clone(),
-        config.clone(),
-        stop_intake.clone(),
-    ));
+    let server = tokio::spawn(serve(listener, engine.clone(), config.clone(), stop_intake.clone()));
     tracing::info!(%addr, durability = ?config.store.durability, "creditd is serving gRPC");
     Ok(Running {
         addr,
@@ -134,34 +108,21 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     })
 }
 
-async fn serve(
-    listener: tokio::net::TcpListener,
-    engine: Arc<Engine>,
-    config: Config,
-    stop: CancellationToken,
-) {
-    let max = config.server.max_message_bytes;
-    let metering = MeteringServer::new(MeteringService::new(
-        engine.clone(),
-        config.limits.max_batch_items,
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, config: Config, stop: CancellationToken) {
+    let (max_in, max_out) = (config.server.max_message_bytes, config.server.max_response_bytes);
+    let metering = MeteringServer::new(MeteringService::new(engine.clone(), config.limits.max_batch_items))
+        .max_decoding_message_size(max_in)
+        .max_encoding_message_size(max_out);
     let admin = AdminServer::new(AdminService::new(engine.clone()))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let reporting = ReportingServer::new(ReportingService)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+        .max_decoding_message_size(max_in)
+        .max_encoding_message_size(max_out);
+    let reporting =
+        ReportingServer::new(ReportingService).max_decoding_message_size(max_in).max_encoding_message_size(max_out);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<MeteringServer<MeteringService>>()
-        .await;
+    health.set_serving::<MeteringServer<MeteringService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
-    health
-        .set_serving::<ReportingServer<ReportingService>>()
-        .await;
+    health.set_serving::<ReportingServer<ReportingService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -191,12 +152,7 @@ async fn serve(
     }
 }
 
-fn spawn_sweepers(
-    tasks: &TaskTracker,
-    stop: &CancellationToken,
-    engine: &Arc<Engine>,
-    config: &Config,
-) {
+fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<Engine>, config: &Config) {
     let every = |ms: u64| Duration::from_millis(ms);
     type Sweep = fn(&Engine);
     let sweeps: [(Duration, Sweep); 3] = [
@@ -241,10 +197,7 @@ impl Running {
     /// Graceful shutdown: stop intake, drain, stop sweepers, flush, close the store.
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
         self.stop_intake.cancel();
-        if tokio::time::timeout(self.grace, &mut self.server)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.grace, &mut self.server).await.is_err() {
             tracing::warn!(
                 grace_ms = self.grace.as_millis() as u64,
                 "in-flight requests did not finish in time; closing connections"
@@ -273,8 +226,8 @@ impl Running {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -10,12 +10,7 @@ use tonic::transport::Channel;
 #[derive(Args, Clone)]
 pub struct Target {
     /// Address of a running creditd.
-    #[arg(
-        long,
-        global = true,
-        env = "CREDITD_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, global = true, env = "CREDITD_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
 }
 
@@ -172,12 +167,7 @@ async fn channel(target: &Target) -> Result<Channel, String> {
         .map_err(|e| format!("--server {}: {e}", target.server))?
         .connect()
         .await
-        .map_err(|e| {
-            format!(
-                "cannot reach creditd at {}: {e}. Is `creditd serve` running?",
-                target.server
-            )
-        })
+        .map_err(|e| format!("cannot reach creditd at {}: {e}. Is `creditd serve` running?", target.server))
 }
 
 fn status(e: tonic::Status) -> String {
@@ -214,69 +204,39 @@ async fn execute(command: ClientCommand) -> Outcome {
                         account_id,
                         display_name: name,
                         plan,
-                        limits: Some(pb::Limits {
-                            spending_cap,
-                            ..Default::default()
-                        }),
+                        limits: Some(pb::Limits { spending_cap, ..Default::default() }),
                         ..Default::default()
                     };
-                    let a = admin
-                        .create_account(req)
-                        .await
-                        .map_err(status)?
-                        .into_inner();
+                    let a = admin.create_account(req).await.map_err(status)?.into_inner();
                     println!("created account {}", a.account_id);
                     print_account(&a);
                 }
                 AccountCommand::Show { account_id } => {
                     let a = admin
-                        .get_account(pb::GetAccountRequest {
-                            account_id: account_id.clone(),
-                        })
+                        .get_account(pb::GetAccountRequest { account_id: account_id.clone() })
                         .await
                         .map_err(status)?
                         .into_inner();
                     print_account(&a);
                     let mut metering = MeteringClient::new(channel(&target).await?);
-                    let b = metering
-                        .get_balance(pb::GetBalanceRequest { account_id })
-                        .await
-                        .map_err(status)?
-                        .into_inner();
+                    let b =
+                        metering.get_balance(pb::GetBalanceRequest { account_id }).await.map_err(status)?.into_inner();
                     print_balance(&b);
                 }
             }
         }
-        ClientCommand::Grant {
-            account_id,
-            amount,
-            kind,
-            reference,
-            paid,
-            expires,
-            request_id,
-            target,
-        } => {
+        ClientCommand::Grant { account_id, amount, kind, reference, paid, expires, request_id, target } => {
             let kind = match kind.as_str() {
                 "plan" => pb::GrantKind::Plan,
                 "purchase" => pb::GrantKind::Purchase,
                 "promo" => pb::GrantKind::Promo,
                 "adjustment" => pb::GrantKind::Adjustment,
-                other => {
-                    return Err(format!(
-                        "--kind {other:?}: use plan, purchase, promo or adjustment"
-                    ))
-                }
+                other => return Err(format!("--kind {other:?}: use plan, purchase, promo or adjustment")),
             };
             let money_paid = paid
                 .map(|p| match p.split_once(' ') {
-                    Some((amount, currency)) => Ok(pb::Money {
-                        amount: amount.into(),
-                        currency: currency.into(),
-                    }),
-                    None => Err(format!(
-                        "--paid {p:?}: expected an amount and a currency, e.g. \"20.00 EUR\""
-                    )),
+                    Some((amount, currency)) => Ok(pb::Money { amount: amount.into(), currency: currency.into() }),
+                    None => Err(format!("--paid {p:?}: expected an amount and a currency, e.g. \"20.00 EUR\"")),
                 })
                 .transpose()?;
             let expires_at = expires
@@ -319,28 +279,22 @@ async fn execute(command: ClientCommand) -> Outcome {
             meters,
             target,
         } => {
-            let meters =
-                meters
-                    .iter()
-                    .map(|m| {
-                        let parts: Vec<&str> = m.split(':').collect();
-                        let kind = match parts.get(1) {
-                            Some(&"counter") => pb::MeterKind::CycleCounter,
-                            Some(&"gauge") => pb::MeterKind::Gauge,
-                            _ => return Err(format!(
-                                "--meter {m:?}: expected NAME:counter:LIMIT or NAME:gauge:LIMIT"
-                            )),
-                        };
-                        let limit = parts.get(2).and_then(|l| l.parse().ok()).ok_or_else(|| {
-                            format!("--meter {m:?}: LIMIT must be a whole number")
-                        })?;
-                        Ok(pb::MeterLimit {
-                            name: parts[0].into(),
-                            kind: kind as i32,
-                            limit,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, String>>()?;
+            let meters = meters
+                .iter()
+                .map(|m| {
+                    let parts: Vec<&str> = m.split(':').collect();
+                    let kind = match parts.get(1) {
+                        Some(&"counter") => pb::MeterKind::CycleCounter,
+                        Some(&"gauge") => pb::MeterKind::Gauge,
+                        _ => return Err(format!("--meter {m:?}: expected NAME:counter:LIMIT or NAME:gauge:LIMIT")),
+                    };
+                    let limit = parts
+                        .get(2)
+                        .and_then(|l| l.parse().ok())
+                        .ok_or_else(|| format!("--meter {m:?}: LIMIT must be a whole number"))?;
+                    Ok(pb::MeterLimit { name: parts[0].into(), kind: kind as i32, limit })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             let limits = pb::Limits {
                 spending_cap,
                 alert_threshold: alert,
@@ -353,11 +307,7 @@ async fn execute(command: ClientCommand) -> Outcome {
             };
             let mut admin = AdminClient::new(channel(&target).await?);
             let a = admin
-                .set_limits(pb::SetLimitsRequest {
-                    request_id: new_request_id(),
-                    account_id,
-                    limits: Some(limits),
-                })
+                .set_limits(pb::SetLimitsRequest { request_id: new_request_id(), account_id, limits: Some(limits) })
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -367,15 +317,7 @@ async fn execute(command: ClientCommand) -> Outcome {
         ClientCommand::Price { command, target } => {
             let mut admin = AdminClient::new(channel(&target).await?);
             match command {
-                PriceCommand::Set {
-                    action,
-                    credits,
-                    unit_size,
-                    unit_name,
-                    category,
-                    meter,
-                    account,
-                } => {
+                PriceCommand::Set { action, credits, unit_size, unit_name, category, meter, account } => {
                     let entry = pb::PriceEntry {
                         action: action.clone(),
                         category,
@@ -398,9 +340,7 @@ async fn execute(command: ClientCommand) -> Outcome {
                 }
                 PriceCommand::List { account } => {
                     let r = admin
-                        .list_prices(pb::ListPricesRequest {
-                            account_id: account,
-                        })
+                        .list_prices(pb::ListPricesRequest { account_id: account })
                         .await
                         .map_err(status)?
                         .into_inner();
@@ -412,12 +352,7 @@ async fn execute(command: ClientCommand) -> Outcome {
                     for e in r.entries {
                         println!(
                             "{:<28} {:<10} {:>14} {:>10}  {:<12} {}",
-                            e.action,
-                            e.category,
-                            e.credits_per_unit,
-                            e.unit_size,
-                            e.unit_name,
-                            e.meter
+                            e.action, e.category, e.credits_per_unit, e.unit_size, e.unit_name, e.meter
                         );
                     }
                 }
@@ -454,20 +389,12 @@ async fn execute(command: ClientCommand) -> Outcome {
                 dry_run,
                 deny_as_error: false,
             };
-            let r = metering
-                .check_and_deduct(req)
-                .await
-                .map_err(status)?
-                .into_inner();
+            let r = metering.check_and_deduct(req).await.map_err(status)?.into_inner();
             let decision = pb::Decision::try_from(r.decision).unwrap_or_default();
             if decision == pb::Decision::Allowed {
                 println!(
                     "{}: {} credits{}",
-                    if dry_run {
-                        "would be allowed"
-                    } else {
-                        "allowed"
-                    },
+                    if dry_run { "would be allowed" } else { "allowed" },
                     r.credits_charged,
                     if r.replayed { " [replayed]" } else { "" }
                 );
@@ -475,9 +402,7 @@ async fn execute(command: ClientCommand) -> Outcome {
                     println!(
                         "  from {} ({}): {}",
                         a.grant_id,
-                        pb::GrantKind::try_from(a.grant_kind)
-                            .unwrap_or_default()
-                            .as_str_name(),
+                        pb::GrantKind::try_from(a.grant_kind).unwrap_or_default().as_str_name(),
                         a.credits
                     );
                 }
@@ -486,11 +411,7 @@ async fn execute(command: ClientCommand) -> Outcome {
                 println!(
                     "denied: {}{}",
                     reason.as_str_name(),
-                    if r.denied_meter.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", r.denied_meter)
-                    }
+                    if r.denied_meter.is_empty() { String::new() } else { format!(" ({})", r.denied_meter) }
                 );
             }
             println!("balance: {}   cycle spend: {}", r.balance, r.cycle_spend);
@@ -500,11 +421,7 @@ async fn execute(command: ClientCommand) -> Outcome {
         }
         ClientCommand::Balance { account_id, target } => {
             let mut metering = MeteringClient::new(channel(&target).await?);
-            let b = metering
-                .get_balance(pb::GetBalanceRequest { account_id })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let b = metering.get_balance(pb::GetBalanceRequest { account_id }).await.map_err(status)?.into_inner();
             print_balance(&b);
         }
     }
@@ -515,27 +432,16 @@ fn print_account(a: &pb::Account) {
     println!(
         "account:      {} {}",
         a.account_id,
-        if a.display_name.is_empty() {
-            String::new()
-        } else {
-            format!("({})", a.display_name)
-        }
+        if a.display_name.is_empty() { String::new() } else { format!("({})", a.display_name) }
     );
-    println!(
-        "status:       {}",
-        pb::AccountStatus::try_from(a.status)
-            .unwrap_or_default()
-            .as_str_name()
-    );
+    println!("status:       {}", pb::AccountStatus::try_from(a.status).unwrap_or_default().as_str_name());
     if let Some(p) = &a.plan {
         println!(
             "plan:         {} — {} credits per cycle, resets on day {} ({})",
             p.name,
             p.credits_per_cycle,
             p.cycle_anchor_day,
-            pb::SubscriptionStatus::try_from(a.subscription_status)
-                .unwrap_or_default()
-                .as_str_name()
+            pb::SubscriptionStatus::try_from(a.subscription_status).unwrap_or_default().as_str_name()
         );
     }
     if let (Some(s), Some(e)) = (&a.cycle_start, &a.cycle_end) {
@@ -562,11 +468,7 @@ fn print_balance(b: &pb::GetBalanceResponse) {
     println!(
         "cycle spend:  {}{}",
         b.cycle_spend,
-        if b.spending_cap.is_empty() {
-            String::new()
-        } else {
-            format!(" of cap {}", b.spending_cap)
-        }
+        if b.spending_cap.is_empty() { String::new() } else { format!(" of cap {}", b.spending_cap) }
     );
     for g in &b.grants {
         println!(
@@ -579,17 +481,11 @@ fn print_balance(b: &pb::GetBalanceResponse) {
                 .to_lowercase(),
             g.remaining,
             g.amount,
-            g.expires_at
-                .as_ref()
-                .map(|t| format!(", expires {}", fmt_ts(t)))
-                .unwrap_or_default()
+            g.expires_at.as_ref().map(|t| format!(", expires {}", fmt_ts(t))).unwrap_or_default()
         );
     }
     for h in &b.holds {
-        println!(
-            "  hold {} {} credits for {}",
-            h.reservation_id, h.credits_held, h.action
-        );
+        println!("  hold {} {} credits for {}", h.reservation_id, h.credits_held, h.action);
     }
     for m in &b.meters {
         println!("  meter {}: {} of {}", m.name, m.used, m.limit);

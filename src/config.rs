@@ -22,9 +22,11 @@ pub struct Config {
 pub struct ServerConfig {
     /// gRPC address. Without API keys only a loopback address is accepted.
     pub listen: String,
-    /// Largest request or response message; larger ones are refused with OUT_OF_RANGE /
-    /// RESOURCE_EXHAUSTED before any work is done.
+    /// Largest request message; larger ones are refused (OUT_OF_RANGE) before any work.
     pub max_message_bytes: usize,
+    /// Largest response message. Must leave room for a full batch's answers: a response
+    /// too large to send after the work was done would tell the client "nothing happened".
+    pub max_response_bytes: usize,
     /// A request still running after this long is answered DEADLINE_EXCEEDED.
     pub request_timeout_ms: u64,
     pub max_concurrent_streams: u32,
@@ -77,6 +79,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:50051".into(),
             max_message_bytes: 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
             request_timeout_ms: 10_000,
             max_concurrent_streams: 1024,
             shutdown_grace_ms: 10_000,
@@ -111,43 +114,33 @@ impl Default for LimitsConfig {
 
 impl Default for SweepConfig {
     fn default() -> Self {
-        SweepConfig {
-            holds_interval_ms: 1_000,
-            cycles_interval_ms: 60_000,
-            requests_interval_ms: 60_000,
-        }
+        SweepConfig { holds_interval_ms: 1_000, cycles_interval_ms: 60_000, requests_interval_ms: 60_000 }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: "text".into(),
-            level: "info".into(),
-        }
+        LogConfig { format: "text".into(), level: "info".into() }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{name}={value:?}: {message}")]
-    Env {
-        name: String,
-        value: String,
-        message: String,
-    },
+    Env { name: String, value: String, message: String },
     #[error("--set {0}: expected section.key=value, e.g. --set store.durability=async")]
     Set(String),
     #[error("configuration is not valid: {0}")]
     Invalid(String),
 }
+
+/// Room reserved per batch item in a batch response (an answer with dozens of grant
+/// allocations stays well under it).
+const BATCH_ANSWER_BUDGET_BYTES: usize = 8 * 1024;
 
 impl Config {
     /// File (if any), then environment, then `overrides` (`section.key=value`), validated.
@@ -158,14 +151,10 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut merged = toml::Value::try_from(Config::default()).expect("defaults serialize");
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.into(),
-                source,
-            })?;
-            let from_file: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.into(),
-                message: e.to_string(),
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+            let from_file: toml::Value =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
             merge(&mut merged, from_file);
         }
         let known = known_keys();
@@ -173,10 +162,7 @@ impl Config {
             let Some(rest) = name.strip_prefix("CREDITD_") else {
                 continue;
             };
-            let Some((section, key)) = known
-                .iter()
-                .find(|(s, k)| format!("{s}_{k}").to_uppercase() == rest)
-            else {
+            let Some((section, key)) = known.iter().find(|(s, k)| format!("{s}_{k}").to_uppercase() == rest) else {
                 continue;
             };
             set(&mut merged, section, key, &value).map_err(|message| ConfigError::Env {
@@ -186,18 +172,11 @@ impl Config {
             })?;
         }
         for item in overrides {
-            let (path, value) = item
-                .split_once('=')
-                .ok_or_else(|| ConfigError::Set(item.clone()))?;
-            let (section, key) = path
-                .split_once('.')
-                .ok_or_else(|| ConfigError::Set(item.clone()))?;
-            set(&mut merged, section, key, value)
-                .map_err(|m| ConfigError::Invalid(format!("--set {item}: {m}")))?;
+            let (path, value) = item.split_once('=').ok_or_else(|| ConfigError::Set(item.clone()))?;
+            let (section, key) = path.split_once('.').ok_or_else(|| ConfigError::Set(item.clone()))?;
+            set(&mut merged, section, key, value).map_err(|m| ConfigError::Invalid(format!("--set {item}: {m}")))?;
         }
-        let config: Config = merged
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        let config: Config = merged.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -207,10 +186,7 @@ impl Config {
         let addr: SocketAddr = match self.server.listen.parse() {
             Ok(a) => a,
             Err(_) => {
-                return bad(format!(
-                    "server.listen {:?} is not an address like 127.0.0.1:50051",
-                    self.server.listen
-                ))
+                return bad(format!("server.listen {:?} is not an address like 127.0.0.1:50051", self.server.listen))
             }
         };
         if !addr.ip().is_loopback() {
@@ -220,18 +196,20 @@ impl Config {
             ));
         }
         if self.store.kind != "embedded" {
-            return bad(format!(
-                "store.kind {:?} is not supported; use \"embedded\"",
-                self.store.kind
-            ));
+            return bad(format!("store.kind {:?} is not supported; use \"embedded\"", self.store.kind));
         }
         if self.server.max_message_bytes < 1024 {
             return bad("server.max_message_bytes must be at least 1024".into());
         }
+        let batch_answers = self.limits.max_batch_items.saturating_mul(BATCH_ANSWER_BUDGET_BYTES);
+        if self.server.max_response_bytes < batch_answers {
+            return bad(format!(
+                "server.max_response_bytes ({}) must hold the answers to a full batch: at least limits.max_batch_items × {BATCH_ANSWER_BUDGET_BYTES} = {batch_answers}",
+                self.server.max_response_bytes
+            ));
+        }
         if self.limits.max_batch_items == 0 || self.limits.max_holds_per_account == 0 {
-            return bad(
-                "limits.max_batch_items and limits.max_holds_per_account must be at least 1".into(),
-            );
+            return bad("limits.max_batch_items and limits.max_holds_per_account must be at least 1".into());
         }
         if self.limits.idempotency_retention_hours < 24 {
             return bad("limits.idempotency_retention_hours must be at least 24: clients may retry for a day".into());
@@ -239,16 +217,10 @@ impl Config {
         if self.limits.default_hold_ttl_seconds == 0
             || self.limits.default_hold_ttl_seconds > self.limits.max_hold_ttl_seconds
         {
-            return bad(
-                "limits.default_hold_ttl_seconds must be between 1 and limits.max_hold_ttl_seconds"
-                    .into(),
-            );
+            return bad("limits.default_hold_ttl_seconds must be between 1 and limits.max_hold_ttl_seconds".into());
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return bad(format!(
-                "log.format {:?} must be \"text\" or \"json\"",
-                self.log.format
-            ));
+            return bad(format!("log.format {:?} must be \"text\" or \"json\"", self.log.format));
         }
         if self.sweep.holds_interval_ms == 0
             || self.sweep.cycles_interval_ms == 0
@@ -295,26 +267,18 @@ fn merge(base: &mut toml::Value, overlay: toml::Value) {
 /// Sets `section.key` from text, typed like the default value of that key.
 fn set(config: &mut toml::Value, section: &str, key: &str, text: &str) -> Result<(), String> {
     let defaults = toml::Value::try_from(Config::default()).expect("defaults serialize");
-    let template = defaults
-        .get(section)
-        .and_then(|s| s.get(key))
-        .ok_or_else(|| format!("unknown setting {section}.{key}"))?;
+    let template =
+        defaults.get(section).and_then(|s| s.get(key)).ok_or_else(|| format!("unknown setting {section}.{key}"))?;
     let value = match template {
-        toml::Value::Integer(_) => toml::Value::Integer(
-            text.parse()
-                .map_err(|_| "expected a whole number".to_string())?,
-        ),
-        toml::Value::Boolean(_) => toml::Value::Boolean(
-            text.parse()
-                .map_err(|_| "expected true or false".to_string())?,
-        ),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(text.parse().map_err(|_| "expected a whole number".to_string())?)
+        }
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(text.parse().map_err(|_| "expected true or false".to_string())?)
+        }
         _ => toml::Value::String(text.to_string()),
     };
-    config
-        .get_mut(section)
-        .and_then(|s| s.as_table_mut())
-        .expect("section exists")
-        .insert(key.to_string(), value);
+    config.get_mut(section).and_then(|s| s.as_table_mut()).expect("section exists").insert(key.to_string(), value);
     Ok(())
 }
 
@@ -326,20 +290,16 @@ mod tests {
     fn flags_beat_env_beat_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "[store]\ndurability = \"async\"\nflush_interval_ms = 5\n[server]\nlisten = \"127.0.0.1:7000\"\n").unwrap();
-        let env = vec![
-            (
-                "CREDITD_STORE_FLUSH_INTERVAL_MS".to_string(),
-                "7".to_string(),
-            ),
-            ("CREDITD_SERVER_LISTEN".into(), "127.0.0.1:7001".into()),
-        ];
-        let c = Config::load(
-            Some(&file),
-            env.into_iter(),
-            &["server.listen=127.0.0.1:7002".into()],
+        std::fs::write(
+            &file,
+            "[store]\ndurability = \"async\"\nflush_interval_ms = 5\n[server]\nlisten = \"127.0.0.1:7000\"\n",
         )
         .unwrap();
+        let env = vec![
+            ("CREDITD_STORE_FLUSH_INTERVAL_MS".to_string(), "7".to_string()),
+            ("CREDITD_SERVER_LISTEN".into(), "127.0.0.1:7001".into()),
+        ];
+        let c = Config::load(Some(&file), env.into_iter(), &["server.listen=127.0.0.1:7002".into()]).unwrap();
         assert_eq!(c.store.durability, Durability::Async);
         assert_eq!(c.store.flush_interval_ms, 7);
         assert_eq!(c.server.listen, "127.0.0.1:7002");
@@ -347,31 +307,25 @@ mod tests {
 
     #[test]
     fn refuses_non_loopback_without_keys() {
-        let err = Config::load(
-            None,
-            std::iter::empty(),
-            &["server.listen=0.0.0.0:50051".into()],
-        )
-        .unwrap_err();
+        let err = Config::load(None, std::iter::empty(), &["server.listen=0.0.0.0:50051".into()]).unwrap_err();
         assert!(err.to_string().contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn responses_must_hold_a_full_batch() {
+        let err = Config::load(None, std::iter::empty(), &["limits.max_batch_items=5000".into()]).unwrap_err();
+        assert!(err.to_string().contains("max_response_bytes"), "{err}");
     }
 
     #[test]
     fn names_the_bad_setting() {
         let err = Config::load(
             None,
-            vec![(
-                "CREDITD_LIMITS_MAX_BATCH_ITEMS".to_string(),
-                "lots".to_string(),
-            )]
-            .into_iter(),
+            vec![("CREDITD_LIMITS_MAX_BATCH_ITEMS".to_string(), "lots".to_string())].into_iter(),
             &[],
         )
         .unwrap_err();
-        assert!(
-            err.to_string().contains("CREDITD_LIMITS_MAX_BATCH_ITEMS"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("CREDITD_LIMITS_MAX_BATCH_ITEMS"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[store]\ndurabilty = \"sync\"\n").unwrap();

@@ -53,16 +53,10 @@ impl From<Error> for tonic::Status {
         };
         match e {
             Error::InvalidArgument(input) => {
-                let details = tonic_types::ErrorDetails::with_bad_request_violation(
-                    input.field.clone(),
-                    input.reason.clone(),
-                );
+                let details =
+                    tonic_types::ErrorDetails::with_bad_request_violation(input.field.clone(), input.reason.clone());
                 use tonic_types::StatusExt;
-                Status::with_error_details(
-                    code,
-                    format!("{}: {}", input.field, input.reason),
-                    details,
-                )
+                Status::with_error_details(code, format!("{}: {}", input.field, input.reason), details)
             }
             other => Status::new(code, other.to_string()),
         }

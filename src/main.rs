@@ -63,28 +63,22 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Config {
-            command: ConfigCommand::Check { file },
-        } => match Config::load(Some(&file), std::env::vars(), &[]) {
-            Ok(config) => {
-                println!("{} is valid. Effective configuration:\n", file.display());
-                println!(
-                    "{}",
-                    toml::to_string_pretty(&config).expect("config serializes")
-                );
-                ExitCode::SUCCESS
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            match Config::load(Some(&file), std::env::vars(), &[]) {
+                Ok(config) => {
+                    println!("{} is valid. Effective configuration:\n", file.display());
+                    println!("{}", toml::to_string_pretty(&config).expect("config serializes"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Client(command) => runtime.block_on(cli::run(command)),
     }
 }
@@ -97,10 +91,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     flag("server.listen", args.listen);
-    flag(
-        "store.data_dir",
-        args.data_dir.map(|p| p.display().to_string()),
-    );
+    flag("store.data_dir", args.data_dir.map(|p| p.display().to_string()));
     flag("store.durability", args.durability);
     flag("log.format", args.log_format);
     let config = match Config::load(args.config.as_deref(), std::env::vars(), &overrides) {

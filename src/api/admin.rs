@@ -28,16 +28,9 @@ impl AdminService {
 const MAX_PRICE_ENTRIES: usize = 10_000;
 
 fn precision(value: u32, explicitly_set: bool) -> Result<u32, Error> {
-    let p = if value == 0 && !explicitly_set {
-        DEFAULT_PRECISION
-    } else {
-        value
-    };
+    let p = if value == 0 && !explicitly_set { DEFAULT_PRECISION } else { value };
     if p > 9 {
-        return Err(Error::invalid(
-            "precision",
-            format!("{p} fractional digits; at most 9 are allowed"),
-        ));
+        return Err(Error::invalid("precision", format!("{p} fractional digits; at most 9 are allowed")));
     }
     Ok(p)
 }
@@ -47,10 +40,7 @@ fn currency(value: &str) -> Result<Option<String>, Error> {
         return Ok(None);
     }
     if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Error::invalid(
-            "credit_currency",
-            format!("{value:?} is not an ISO 4217 code like \"EUR\""),
-        ));
+        return Err(Error::invalid("credit_currency", format!("{value:?} is not an ISO 4217 code like \"EUR\"")));
     }
     Ok(Some(value.to_string()))
 }
@@ -61,18 +51,11 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
-        let caller = caller(
-            &request,
-            convert::optional_request_id(&request.get_ref().request_id).map_err(Error::from)?,
-        );
+        let caller =
+            caller(&request, convert::optional_request_id(&request.get_ref().request_id).map_err(Error::from)?);
         let r = request.into_inner();
         check_name("account_id", &r.account_id).map_err(Error::from)?;
-        let plan = r
-            .plan
-            .as_ref()
-            .map(|p| convert::plan("plan", p))
-            .transpose()
-            .map_err(Error::from)?;
+        let plan = r.plan.as_ref().map(|p| convert::plan("plan", p)).transpose().map_err(Error::from)?;
         let spec = AccountSpec {
             account_id: r.account_id.clone(),
             display_name: r.display_name.clone(),
@@ -95,21 +78,15 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::UpdateAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
-        let caller = caller(
-            &request,
-            convert::optional_request_id(&request.get_ref().request_id).map_err(Error::from)?,
-        );
+        let caller =
+            caller(&request, convert::optional_request_id(&request.get_ref().request_id).map_err(Error::from)?);
         let r = request.into_inner();
         check_name("account_id", &r.account_id).map_err(Error::from)?;
         let timing = match pb::PlanChangeTiming::try_from(r.plan_change) {
             Ok(pb::PlanChangeTiming::Now) => PlanTiming::Now,
             Ok(_) => PlanTiming::NextCycle,
             Err(_) => {
-                return Err(Error::invalid(
-                    "plan_change",
-                    format!("{} is not a known value", r.plan_change),
-                )
-                .into())
+                return Err(Error::invalid("plan_change", format!("{} is not a known value", r.plan_change)).into())
             }
         };
         let update = AccountUpdate {
@@ -121,21 +98,14 @@ impl pb::admin_server::Admin for AdminService {
                 .map(|p| convert::plan("plan", p).map(|p| (p, timing)))
                 .transpose()
                 .map_err(Error::from)?,
-            subscription: convert::subscription_status(r.subscription_status)
-                .map_err(Error::from)?,
+            subscription: convert::subscription_status(r.subscription_status).map_err(Error::from)?,
             overage_policy: convert::overage_policy(r.overage_policy).map_err(Error::from)?,
         };
-        let account = self
-            .engine
-            .update_account(&r.account_id, update, &caller)
-            .await?;
+        let account = self.engine.update_account(&r.account_id, update, &caller).await?;
         Ok(Response::new(convert::account_to_pb(&account)))
     }
 
-    async fn get_account(
-        &self,
-        request: Request<pb::GetAccountRequest>,
-    ) -> Result<Response<pb::Account>, Status> {
+    async fn get_account(&self, request: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
         let r = request.into_inner();
         check_name("account_id", &r.account_id).map_err(Error::from)?;
         let account = self.engine.get_account(&r.account_id)?;
@@ -146,10 +116,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GrantCreditsRequest>,
     ) -> Result<Response<pb::GrantCreditsResponse>, Status> {
-        let caller = caller(
-            &request,
-            Some(convert::request_id(&request.get_ref().request_id).map_err(Error::from)?),
-        );
+        let caller = caller(&request, Some(convert::request_id(&request.get_ref().request_id).map_err(Error::from)?));
         let r = request.into_inner();
         check_name("account_id", &r.account_id).map_err(Error::from)?;
         let amount = parse_credits("amount", &r.amount).map_err(Error::from)?;
@@ -157,11 +124,7 @@ impl pb::admin_server::Admin for AdminService {
             return Err(Error::invalid("amount", "must be more than 0").into());
         }
         if r.external_reference.len() > 256 || r.comment.len() > 1024 {
-            return Err(Error::invalid(
-                "external_reference",
-                "is longer than 256 bytes (comment: 1024)",
-            )
-            .into());
+            return Err(Error::invalid("external_reference", "is longer than 256 bytes (comment: 1024)").into());
         }
         let spec = GrantSpec {
             account_id: r.account_id.clone(),
@@ -197,17 +160,11 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RevokeGrantRequest>,
     ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
-        let caller = caller(
-            &request,
-            Some(convert::request_id(&request.get_ref().request_id).map_err(Error::from)?),
-        );
+        let caller = caller(&request, Some(convert::request_id(&request.get_ref().request_id).map_err(Error::from)?));
         let r = request.into_inner();
         check_name("account_id", &r.account_id).map_err(Error::from)?;
         check_name("grant_id", &r.grant_id).map_err(Error::from)?;
-        let a = self
-            .engine
-            .revoke_grant(&r.account_id, &r.grant_id, &r.reason, &caller)
-            .await?;
+        let a = self.engine.revoke_grant(&r.account_id, &r.grant_id, &r.reason, &caller).await?;
         Ok(Response::new(pb::RevokeGrantResponse {
             grant: Some(convert::grant_to_pb(&r.account_id, &a.outcome.grant)),
             credits_revoked: credits(a.outcome.credits_revoked),
@@ -217,21 +174,13 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
-    async fn set_limits(
-        &self,
-        request: Request<pb::SetLimitsRequest>,
-    ) -> Result<Response<pb::Account>, Status> {
-        let caller = caller(
-            &request,
-            convert::optional_request_id(&request.get_ref().request_id).map_err(Error::from)?,
-        );
+    async fn set_limits(&self, request: Request<pb::SetLimitsRequest>) -> Result<Response<pb::Account>, Status> {
+        let caller =
+            caller(&request, convert::optional_request_id(&request.get_ref().request_id).map_err(Error::from)?);
         let r = request.into_inner();
         check_name("account_id", &r.account_id).map_err(Error::from)?;
         let limits = convert::limits(&r.limits).map_err(Error::from)?;
-        let account = self
-            .engine
-            .set_limits(&r.account_id, limits, &caller)
-            .await?;
+        let account = self.engine.set_limits(&r.account_id, limits, &caller).await?;
         Ok(Response::new(convert::account_to_pb(&account)))
     }
 
@@ -239,20 +188,14 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::UpsertPricesRequest>,
     ) -> Result<Response<pb::UpsertPricesResponse>, Status> {
-        let caller = caller(
-            &request,
-            convert::optional_request_id(&request.get_ref().request_id).map_err(Error::from)?,
-        );
+        let caller =
+            caller(&request, convert::optional_request_id(&request.get_ref().request_id).map_err(Error::from)?);
         let r = request.into_inner();
         if r.entries.is_empty() && r.remove_actions.is_empty() {
             return Err(Error::invalid("entries", "is empty: nothing to change").into());
         }
         if r.entries.len() + r.remove_actions.len() > MAX_PRICE_ENTRIES {
-            return Err(Error::invalid(
-                "entries",
-                format!("at most {MAX_PRICE_ENTRIES} entries per call"),
-            )
-            .into());
+            return Err(Error::invalid("entries", format!("at most {MAX_PRICE_ENTRIES} entries per call")).into());
         }
         let account_id = if r.account_id.is_empty() {
             None
@@ -270,17 +213,8 @@ impl pb::admin_server::Admin for AdminService {
         for (i, action) in r.remove_actions.iter().enumerate() {
             check_name(&format!("remove_actions[{i}]"), action).map_err(Error::from)?;
         }
-        let version = self
-            .engine
-            .upsert_prices(
-                PriceChange {
-                    account_id,
-                    upserts,
-                    removals: r.remove_actions,
-                },
-                &caller,
-            )
-            .await?;
+        let version =
+            self.engine.upsert_prices(PriceChange { account_id, upserts, removals: r.remove_actions }, &caller).await?;
         Ok(Response::new(pb::UpsertPricesResponse { version }))
     }
 
@@ -316,7 +250,5 @@ impl pb::admin_server::Admin for AdminService {
 }
 
 fn no_keys_yet() -> Status {
-    Status::unimplemented(
-        "API keys are not available in this version; creditd serves loopback clients only",
-    )
+    Status::unimplemented("API keys are not available in this version; creditd serves loopback clients only")
 }

@@ -50,18 +50,12 @@ pub fn metadata_map(metadata: &HashMap<String, String>) -> Result<BTreeMap<Strin
     if metadata.len() > MAX_METADATA_ENTRIES {
         return Err(InvalidInput::new(
             "metadata",
-            format!(
-                "has {} entries; at most {MAX_METADATA_ENTRIES} are allowed",
-                metadata.len()
-            ),
+            format!("has {} entries; at most {MAX_METADATA_ENTRIES} are allowed", metadata.len()),
         ));
     }
     for (k, v) in metadata {
         if k.is_empty() || k.len() > MAX_METADATA_KEY_BYTES {
-            return Err(InvalidInput::new(
-                "metadata",
-                format!("key {k:?} must be 1–{MAX_METADATA_KEY_BYTES} bytes"),
-            ));
+            return Err(InvalidInput::new("metadata", format!("key {k:?} must be 1–{MAX_METADATA_KEY_BYTES} bytes")));
         }
         if v.len() > MAX_METADATA_VALUE_BYTES {
             return Err(InvalidInput::new(
@@ -70,10 +64,7 @@ pub fn metadata_map(metadata: &HashMap<String, String>) -> Result<BTreeMap<Strin
             ));
         }
     }
-    Ok(metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect())
+    Ok(metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 pub fn request_id(value: &str) -> Result<String> {
@@ -96,22 +87,13 @@ pub fn ttl(field: &str, seconds: u32, default: Duration, max: Duration) -> Resul
     }
     let ttl = Duration::from_secs(u64::from(seconds));
     if ttl > max {
-        return Err(InvalidInput::new(
-            field,
-            format!(
-                "{seconds} s is longer than the maximum of {} s",
-                max.as_secs()
-            ),
-        ));
+        return Err(InvalidInput::new(field, format!("{seconds} s is longer than the maximum of {} s", max.as_secs())));
     }
     Ok(ttl)
 }
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 pub fn from_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>> {
@@ -140,10 +122,9 @@ pub fn grant_kind(field: &str, value: i32) -> Result<GrantKind> {
         pb::GrantKind::Purchase => Ok(GrantKind::Purchase),
         pb::GrantKind::Promo => Ok(GrantKind::Promo),
         pb::GrantKind::Adjustment => Ok(GrantKind::Adjustment),
-        pb::GrantKind::Unspecified => Err(InvalidInput::new(
-            field,
-            "is required (plan, purchase, promo or adjustment)",
-        )),
+        pb::GrantKind::Unspecified => {
+            Err(InvalidInput::new(field, "is required (plan, purchase, promo or adjustment)"))
+        }
     }
 }
 
@@ -158,13 +139,11 @@ pub fn grant_kind_to_pb(kind: GrantKind) -> pb::GrantKind {
 
 /// `None` for UNSPECIFIED (keep the current value).
 pub fn account_status(value: i32) -> Result<Option<AccountStatus>> {
-    Ok(
-        match pb::AccountStatus::try_from(value).map_err(|_| unknown_enum("status", value))? {
-            pb::AccountStatus::Unspecified => None,
-            pb::AccountStatus::Active => Some(AccountStatus::Active),
-            pb::AccountStatus::Suspended => Some(AccountStatus::Suspended),
-        },
-    )
+    Ok(match pb::AccountStatus::try_from(value).map_err(|_| unknown_enum("status", value))? {
+        pb::AccountStatus::Unspecified => None,
+        pb::AccountStatus::Active => Some(AccountStatus::Active),
+        pb::AccountStatus::Suspended => Some(AccountStatus::Suspended),
+    })
 }
 
 pub fn account_status_to_pb(s: AccountStatus) -> pb::AccountStatus {
@@ -175,17 +154,13 @@ pub fn account_status_to_pb(s: AccountStatus) -> pb::AccountStatus {
 }
 
 pub fn subscription_status(value: i32) -> Result<Option<SubscriptionStatus>> {
-    Ok(
-        match pb::SubscriptionStatus::try_from(value)
-            .map_err(|_| unknown_enum("subscription_status", value))?
-        {
-            pb::SubscriptionStatus::Unspecified => None,
-            pb::SubscriptionStatus::Active => Some(SubscriptionStatus::Active),
-            pb::SubscriptionStatus::Pending => Some(SubscriptionStatus::Pending),
-            pb::SubscriptionStatus::Cancelled => Some(SubscriptionStatus::Cancelled),
-            pb::SubscriptionStatus::Expired => Some(SubscriptionStatus::Expired),
-        },
-    )
+    Ok(match pb::SubscriptionStatus::try_from(value).map_err(|_| unknown_enum("subscription_status", value))? {
+        pb::SubscriptionStatus::Unspecified => None,
+        pb::SubscriptionStatus::Active => Some(SubscriptionStatus::Active),
+        pb::SubscriptionStatus::Pending => Some(SubscriptionStatus::Pending),
+        pb::SubscriptionStatus::Cancelled => Some(SubscriptionStatus::Cancelled),
+        pb::SubscriptionStatus::Expired => Some(SubscriptionStatus::Expired),
+    })
 }
 
 pub fn subscription_status_to_pb(s: SubscriptionStatus) -> pb::SubscriptionStatus {
@@ -198,16 +173,12 @@ pub fn subscription_status_to_pb(s: SubscriptionStatus) -> pb::SubscriptionStatu
 }
 
 pub fn overage_policy(value: i32) -> Result<Option<OveragePolicy>> {
-    Ok(
-        match pb::OveragePolicy::try_from(value)
-            .map_err(|_| unknown_enum("overage_policy", value))?
-        {
-            pb::OveragePolicy::Unspecified => None,
-            pb::OveragePolicy::RecordShortfall => Some(OveragePolicy::RecordShortfall),
-            pb::OveragePolicy::AllowOverdraft => Some(OveragePolicy::AllowOverdraft),
-            pb::OveragePolicy::CapAtHold => Some(OveragePolicy::CapAtHold),
-        },
-    )
+    Ok(match pb::OveragePolicy::try_from(value).map_err(|_| unknown_enum("overage_policy", value))? {
+        pb::OveragePolicy::Unspecified => None,
+        pb::OveragePolicy::RecordShortfall => Some(OveragePolicy::RecordShortfall),
+        pb::OveragePolicy::AllowOverdraft => Some(OveragePolicy::AllowOverdraft),
+        pb::OveragePolicy::CapAtHold => Some(OveragePolicy::CapAtHold),
+    })
 }
 
 pub fn overage_policy_to_pb(p: OveragePolicy) -> pb::OveragePolicy {
@@ -222,10 +193,7 @@ fn meter_kind(field: &str, value: i32) -> Result<MeterKind> {
     match pb::MeterKind::try_from(value).map_err(|_| unknown_enum(field, value))? {
         pb::MeterKind::CycleCounter => Ok(MeterKind::CycleCounter),
         pb::MeterKind::Gauge => Ok(MeterKind::Gauge),
-        pb::MeterKind::Unspecified => Err(InvalidInput::new(
-            field,
-            "is required (cycle_counter or gauge)",
-        )),
+        pb::MeterKind::Unspecified => Err(InvalidInput::new(field, "is required (cycle_counter or gauge)")),
     }
 }
 
@@ -252,16 +220,10 @@ pub fn denial_reason_to_pb(reason: DenialReason) -> pb::DenialReason {
 /// (decision, denial_reason, denied_meter) of an answer.
 pub fn decision(denial: &Option<Denial>) -> (i32, i32, String) {
     match denial {
-        None => (
-            pb::Decision::Allowed as i32,
-            pb::DenialReason::Unspecified as i32,
-            String::new(),
-        ),
-        Some(d) => (
-            pb::Decision::Denied as i32,
-            denial_reason_to_pb(d.reason) as i32,
-            d.meter.clone().unwrap_or_default(),
-        ),
+        None => (pb::Decision::Allowed as i32, pb::DenialReason::Unspecified as i32, String::new()),
+        Some(d) => {
+            (pb::Decision::Denied as i32, denial_reason_to_pb(d.reason) as i32, d.meter.clone().unwrap_or_default())
+        }
     }
 }
 
@@ -289,38 +251,22 @@ pub fn money(field: &str, m: &Option<pb::Money>) -> Result<Option<Money>> {
             format!("{:?} is not an ISO 4217 code like \"EUR\"", m.currency),
         ));
     }
-    Ok(Some(Money {
-        amount,
-        currency: m.currency.clone(),
-    }))
+    Ok(Some(Money { amount, currency: m.currency.clone() }))
 }
 
 pub fn money_to_pb(m: &Option<Money>) -> Option<pb::Money> {
-    m.as_ref().map(|m| pb::Money {
-        amount: credits(m.amount),
-        currency: m.currency.clone(),
-    })
+    m.as_ref().map(|m| pb::Money { amount: credits(m.amount), currency: m.currency.clone() })
 }
 
 pub fn plan(field: &str, p: &pb::Plan) -> Result<Plan> {
     check_name(&format!("{field}.name"), &p.name)?;
-    let anchor = if p.cycle_anchor_day == 0 {
-        1
-    } else {
-        p.cycle_anchor_day
-    };
+    let anchor = if p.cycle_anchor_day == 0 { 1 } else { p.cycle_anchor_day };
     if anchor > 31 {
-        return Err(InvalidInput::new(
-            format!("{field}.cycle_anchor_day"),
-            "must be a day of the month, 1–31",
-        ));
+        return Err(InvalidInput::new(format!("{field}.cycle_anchor_day"), "must be a day of the month, 1–31"));
     }
     Ok(Plan {
         name: p.name.clone(),
-        credits_per_cycle: parse_credits(
-            &format!("{field}.credits_per_cycle"),
-            &p.credits_per_cycle,
-        )?,
+        credits_per_cycle: parse_credits(&format!("{field}.credits_per_cycle"), &p.credits_per_cycle)?,
         cycle_anchor_day: anchor,
         rollover_cap: parse_optional_credits(&format!("{field}.rollover_cap"), &p.rollover_cap)?
             .unwrap_or(Decimal::ZERO),
@@ -343,12 +289,10 @@ pub fn limits(l: &Option<pb::Limits>) -> Result<Limits> {
         return Ok(Limits::default());
     };
     let low_balance = match l.low_balance_threshold.strip_suffix('%') {
-        Some(p) => Some(LowBalance::PercentOfPlan(parse_credits(
-            "limits.low_balance_threshold",
-            p,
-        )?)),
-        None => parse_optional_credits("limits.low_balance_threshold", &l.low_balance_threshold)?
-            .map(LowBalance::Credits),
+        Some(p) => Some(LowBalance::PercentOfPlan(parse_credits("limits.low_balance_threshold", p)?)),
+        None => {
+            parse_optional_credits("limits.low_balance_threshold", &l.low_balance_threshold)?.map(LowBalance::Credits)
+        }
     };
     let caps = |field: &str, m: &HashMap<String, String>| -> Result<BTreeMap<String, Credits>> {
         m.iter()
@@ -362,16 +306,7 @@ pub fn limits(l: &Option<pb::Limits>) -> Result<Limits> {
     for (i, m) in l.meters.iter().enumerate() {
         check_name(&format!("limits.meters[{i}].name"), &m.name)?;
         let kind = meter_kind(&format!("limits.meters[{i}].kind"), m.kind)?;
-        if meters
-            .insert(
-                m.name.clone(),
-                MeterLimit {
-                    kind,
-                    limit: m.limit,
-                },
-            )
-            .is_some()
-        {
+        if meters.insert(m.name.clone(), MeterLimit { kind, limit: m.limit }).is_some() {
             return Err(InvalidInput::new(
                 format!("limits.meters[{i}].name"),
                 format!("meter {:?} is listed twice", m.name),
@@ -382,14 +317,10 @@ pub fn limits(l: &Option<pb::Limits>) -> Result<Limits> {
         spending_cap: parse_optional_credits("limits.spending_cap", &l.spending_cap)?,
         alert_threshold: parse_optional_credits("limits.alert_threshold", &l.alert_threshold)?,
         low_balance,
-        overdraft_limit: parse_optional_credits("limits.overdraft_limit", &l.overdraft_limit)?
-            .unwrap_or(Decimal::ZERO),
+        overdraft_limit: parse_optional_credits("limits.overdraft_limit", &l.overdraft_limit)?.unwrap_or(Decimal::ZERO),
         default_user_cap: parse_optional_credits("limits.default_user_cap", &l.default_user_cap)?,
         user_caps: caps("limits.user_caps", &l.user_caps)?,
-        default_workspace_cap: parse_optional_credits(
-            "limits.default_workspace_cap",
-            &l.default_workspace_cap,
-        )?,
+        default_workspace_cap: parse_optional_credits("limits.default_workspace_cap", &l.default_workspace_cap)?,
         workspace_caps: caps("limits.workspace_caps", &l.workspace_caps)?,
         meters,
     })
@@ -404,17 +335,12 @@ pub fn low_balance_text(l: &Option<LowBalance>) -> String {
 }
 
 pub fn limits_to_pb(l: &Limits) -> pb::Limits {
-    let caps =
-        |m: &BTreeMap<String, Credits>| m.iter().map(|(k, v)| (k.clone(), credits(*v))).collect();
+    let caps = |m: &BTreeMap<String, Credits>| m.iter().map(|(k, v)| (k.clone(), credits(*v))).collect();
     pb::Limits {
         spending_cap: optional_credits_text(l.spending_cap),
         alert_threshold: optional_credits_text(l.alert_threshold),
         low_balance_threshold: low_balance_text(&l.low_balance),
-        overdraft_limit: if l.overdraft_limit.is_zero() {
-            String::new()
-        } else {
-            credits(l.overdraft_limit)
-        },
+        overdraft_limit: if l.overdraft_limit.is_zero() { String::new() } else { credits(l.overdraft_limit) },
         default_user_cap: optional_credits_text(l.default_user_cap),
         user_caps: caps(&l.user_caps),
         default_workspace_cap: optional_credits_text(l.default_workspace_cap),
@@ -432,12 +358,7 @@ pub fn limits_to_pb(l: &Limits) -> pb::Limits {
 }
 
 pub fn meter_usage(m: &crate::engine::views::MeterView) -> pb::MeterUsage {
-    pb::MeterUsage {
-        name: m.name.clone(),
-        kind: meter_kind_to_pb(m.kind) as i32,
-        used: m.used,
-        limit: m.limit,
-    }
+    pb::MeterUsage { name: m.name.clone(), kind: meter_kind_to_pb(m.kind) as i32, used: m.used, limit: m.limit }
 }
 
 pub fn price_entry(i: usize, e: &pb::PriceEntry) -> Result<PriceEntry> {
@@ -452,11 +373,7 @@ pub fn price_entry(i: usize, e: &pb::PriceEntry) -> Result<PriceEntry> {
     Ok(PriceEntry {
         action: e.action.clone(),
         category: e.category.clone(),
-        unit_name: if e.unit_name.is_empty() {
-            "request".into()
-        } else {
-            e.unit_name.clone()
-        },
+        unit_name: if e.unit_name.is_empty() { "request".into() } else { e.unit_name.clone() },
         unit_size: e.unit_size.max(1),
         credits_per_unit: parse_credits(&field("credits_per_unit"), &e.credits_per_unit)?,
         meter: check_optional_name(&field("meter"), &e.meter)?,
@@ -517,40 +434,17 @@ mod tests {
     #[test]
     fn quantity_zero_and_bad_ids_are_rejected_with_the_field() {
         let md = HashMap::new();
-        assert_eq!(
-            spend_target("acme", "", "", "chat", 0, &md)
-                .unwrap_err()
-                .field,
-            "quantity"
-        );
-        assert_eq!(
-            spend_target("ac me", "", "", "chat", 1, &md)
-                .unwrap_err()
-                .field,
-            "account_id"
-        );
-        assert_eq!(
-            spend_target("acme", "u/1", "", "chat", 1, &md)
-                .unwrap_err()
-                .field,
-            "user_id"
-        );
+        assert_eq!(spend_target("acme", "", "", "chat", 0, &md).unwrap_err().field, "quantity");
+        assert_eq!(spend_target("ac me", "", "", "chat", 1, &md).unwrap_err().field, "account_id");
+        assert_eq!(spend_target("acme", "u/1", "", "chat", 1, &md).unwrap_err().field, "user_id");
         assert!(spend_target("acme", "", "", "chat", u64::MAX, &md).is_ok());
     }
 
     #[test]
     fn low_balance_accepts_percent() {
-        let l = limits(&Some(pb::Limits {
-            low_balance_threshold: "10%".into(),
-            ..Default::default()
-        }))
-        .unwrap();
+        let l = limits(&Some(pb::Limits { low_balance_threshold: "10%".into(), ..Default::default() })).unwrap();
         assert_eq!(low_balance_text(&l.low_balance), "10%");
-        assert!(limits(&Some(pb::Limits {
-            low_balance_threshold: "-1".into(),
-            ..Default::default()
-        }))
-        .is_err());
+        assert!(limits(&Some(pb::Limits { low_balance_threshold: "-1".into(), ..Default::default() })).is_err());
     }
 
     #[test]

@@ -2,9 +2,7 @@
 
 use super::convert::{self, allocations, credits, decision, timestamp};
 use crate::engine::outcome::{DeductOutcome, ReserveOutcome};
-use crate::engine::request::{
-    CommitRequest, DeductRequest, ExtendRequest, ReleaseRequest, ReserveRequest,
-};
+use crate::engine::request::{CommitRequest, DeductRequest, ExtendRequest, ReleaseRequest, ReserveRequest};
 use crate::engine::{Answer, Engine};
 use crate::error::Error;
 use crate::proto::v1 as pb;
@@ -18,33 +16,16 @@ pub struct MeteringService {
 
 impl MeteringService {
     pub fn new(engine: Arc<Engine>, max_batch_items: usize) -> Self {
-        MeteringService {
-            engine,
-            max_batch_items,
-        }
+        MeteringService { engine, max_batch_items }
     }
 }
 
 fn deduct_request(r: &pb::CheckAndDeductRequest) -> Result<DeductRequest, Error> {
-    let target = convert::spend_target(
-        &r.account_id,
-        &r.user_id,
-        &r.workspace_id,
-        &r.action,
-        r.quantity,
-        &r.metadata,
-    )?;
+    let target = convert::spend_target(&r.account_id, &r.user_id, &r.workspace_id, &r.action, r.quantity, &r.metadata)?;
     // A dry run changes nothing, so it needs no request id; when one is given it is checked.
-    let request_id = if r.dry_run && r.request_id.is_empty() {
-        None
-    } else {
-        Some(convert::request_id(&r.request_id)?)
-    };
-    Ok(DeductRequest {
-        request_id,
-        target,
-        dry_run: r.dry_run,
-    })
+    let request_id =
+        if r.dry_run && r.request_id.is_empty() { None } else { Some(convert::request_id(&r.request_id)?) };
+    Ok(DeductRequest { request_id, target, dry_run: r.dry_run })
 }
 
 fn deduct_response(answer: Answer<DeductOutcome>) -> pb::CheckAndDeductResponse {
@@ -72,15 +53,8 @@ fn denial_as_error(account_id: &str, denial: &crate::domain::ledger::Denial) -> 
         Some(m) => format!("{}: meter {m}", denial.reason.as_str()),
         None => denial.reason.as_str().to_string(),
     };
-    let details = ErrorDetails::with_quota_failure_violation(
-        format!("account:{account_id}"),
-        description.clone(),
-    );
-    Status::with_error_details(
-        tonic::Code::ResourceExhausted,
-        format!("denied: {description}"),
-        details,
-    )
+    let details = ErrorDetails::with_quota_failure_violation(format!("account:{account_id}"), description.clone());
+    Status::with_error_details(tonic::Code::ResourceExhausted, format!("denied: {description}"), details)
 }
 
 #[tonic::async_trait]
@@ -105,11 +79,7 @@ impl pb::metering_server::Metering for MeteringService {
         if items.len() > self.max_batch_items {
             return Err(Error::invalid(
                 "items",
-                format!(
-                    "has {} items; at most {} are allowed per call",
-                    items.len(),
-                    self.max_batch_items
-                ),
+                format!("has {} items; at most {} are allowed per call", items.len(), self.max_batch_items),
             )
             .into());
         }
@@ -133,10 +103,7 @@ impl pb::metering_server::Metering for MeteringService {
         Ok(Response::new(pb::BatchCheckAndDeductResponse { results }))
     }
 
-    async fn reserve(
-        &self,
-        request: Request<pb::ReserveRequest>,
-    ) -> Result<Response<pb::ReserveResponse>, Status> {
+    async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         let r = request.into_inner();
         let opts = self.engine.options();
         let req = ReserveRequest {
@@ -150,13 +117,8 @@ impl pb::metering_server::Metering for MeteringService {
                 &r.metadata,
             )
             .map_err(Error::from)?,
-            ttl: convert::ttl(
-                "ttl_seconds",
-                r.ttl_seconds,
-                opts.default_hold_ttl,
-                opts.max_hold_ttl,
-            )
-            .map_err(Error::from)?,
+            ttl: convert::ttl("ttl_seconds", r.ttl_seconds, opts.default_hold_ttl, opts.max_hold_ttl)
+                .map_err(Error::from)?,
         };
         let answer = self.engine.reserve(req).await?;
         if let (true, Some(denial)) = (r.deny_as_error, &answer.outcome.denial) {
@@ -165,10 +127,7 @@ impl pb::metering_server::Metering for MeteringService {
         Ok(Response::new(reserve_response(answer)))
     }
 
-    async fn commit(
-        &self,
-        request: Request<pb::CommitRequest>,
-    ) -> Result<Response<pb::CommitResponse>, Status> {
+    async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
         let r = request.into_inner();
         let req = CommitRequest {
             request_id: convert::request_id(&r.request_id).map_err(Error::from)?,
@@ -192,10 +151,7 @@ impl pb::metering_server::Metering for MeteringService {
         }))
     }
 
-    async fn release(
-        &self,
-        request: Request<pb::ReleaseRequest>,
-    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = request.into_inner();
         let req = ReleaseRequest {
             request_id: convert::request_id(&r.request_id).map_err(Error::from)?,
@@ -210,10 +166,7 @@ impl pb::metering_server::Metering for MeteringService {
         }))
     }
 
-    async fn extend(
-        &self,
-        request: Request<pb::ExtendRequest>,
-    ) -> Result<Response<pb::ExtendResponse>, Status> {
+    async fn extend(&self, request: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendResponse>, Status> {
         let r = request.into_inner();
         if r.ttl_seconds == 0 {
             return Err(Error::invalid("ttl_seconds", "must be at least 1").into());
@@ -222,13 +175,8 @@ impl pb::metering_server::Metering for MeteringService {
         let req = ExtendRequest {
             request_id: convert::request_id(&r.request_id).map_err(Error::from)?,
             reservation_id: reservation_id(&r.reservation_id)?,
-            ttl: convert::ttl(
-                "ttl_seconds",
-                r.ttl_seconds,
-                opts.default_hold_ttl,
-                opts.max_hold_ttl,
-            )
-            .map_err(Error::from)?,
+            ttl: convert::ttl("ttl_seconds", r.ttl_seconds, opts.default_hold_ttl, opts.max_hold_ttl)
+                .map_err(Error::from)?,
         };
         let a = self.engine.extend(req).await?;
         Ok(Response::new(pb::ExtendResponse {
@@ -294,10 +242,7 @@ impl pb::metering_server::Metering for MeteringService {
 
 fn reservation_id(value: &str) -> Result<String, Error> {
     if value.is_empty() || value.len() > 256 {
-        return Err(Error::invalid(
-            "reservation_id",
-            "is required: pass the id Reserve returned",
-        ));
+        return Err(Error::invalid("reservation_id", "is required: pass the id Reserve returned"));
     }
     Ok(value.to_string())
 }

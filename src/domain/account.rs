@@ -152,12 +152,8 @@ impl Account {
     /// off dead grants. Called before every decision and by the periodic sweep.
     pub fn advance(&mut self, now: Now, ids: &IdGenerator) -> Vec<LedgerEntry> {
         let mut entries = Vec::new();
-        let due: Vec<String> = self
-            .holds
-            .values()
-            .filter(|h| h.deadline_ms <= now.mono_ms)
-            .map(|h| h.id.clone())
-            .collect();
+        let due: Vec<String> =
+            self.holds.values().filter(|h| h.deadline_ms <= now.mono_ms).map(|h| h.id.clone()).collect();
         for id in due {
             entries.push(self.end_hold(&id, HoldEnd::Expired, now, ids));
         }
@@ -166,20 +162,15 @@ impl Account {
         }
         self.write_off(now, ids, &mut entries);
         let forget_before = now.wall - chrono::Duration::hours(RESOLVED_MEMORY_HOURS);
-        self.resolved_holds
-            .retain(|_, (_, at)| *at >= forget_before);
+        self.resolved_holds.retain(|_, (_, at)| *at >= forget_before);
         entries
     }
 
     /// Adds a grant; credits owed on overdraft are repaid from it first.
     pub fn add_grant(&mut self, mut grant: Grant, now: Now, ids: &IdGenerator) -> Vec<LedgerEntry> {
         self.totals.granted += grant.amount;
-        let mut entry = LedgerEntry::new(
-            ids.next_string("le_", now.wall_ms()),
-            &self.id,
-            grant_entry_kind(grant.kind),
-            now.wall,
-        );
+        let mut entry =
+            LedgerEntry::new(ids.next_string("le_", now.wall_ms()), &self.id, grant_entry_kind(grant.kind), now.wall);
         entry.credits = grant.amount;
         entry.allocations.push(grant::Allocation {
             grant_id: grant.id.clone(),
@@ -193,20 +184,11 @@ impl Account {
             grant.consumed += repay;
             self.overdraft_used -= repay;
             self.totals.consumed += repay;
-            let mut e = LedgerEntry::new(
-                ids.next_string("le_", now.wall_ms()),
-                &self.id,
-                EntryKind::Adjustment,
-                now.wall,
-            );
+            let mut e =
+                LedgerEntry::new(ids.next_string("le_", now.wall_ms()), &self.id, EntryKind::Adjustment, now.wall);
             e.credits = repay;
-            e.allocations.push(grant::Allocation {
-                grant_id: grant.id.clone(),
-                kind: grant.kind,
-                credits: repay,
-            });
-            e.metadata
-                .insert("reason".into(), "overdraft_repaid".into());
+            e.allocations.push(grant::Allocation { grant_id: grant.id.clone(), kind: grant.kind, credits: repay });
+            e.metadata.insert("reason".into(), "overdraft_repaid".into());
             entries.push(e);
         }
         self.grants.push(grant);
@@ -215,16 +197,8 @@ impl Account {
     }
 
     /// Revokes what is left of a grant; the part promised to live holds settles with them.
-    pub fn revoke_grant(
-        &mut self,
-        grant_id: &str,
-        now: Now,
-        ids: &IdGenerator,
-    ) -> Option<(Credits, Vec<LedgerEntry>)> {
-        let grant = self
-            .grants
-            .iter_mut()
-            .find(|g| g.id == grant_id && !g.is_revoked)?;
+    pub fn revoke_grant(&mut self, grant_id: &str, now: Now, ids: &IdGenerator) -> Option<(Credits, Vec<LedgerEntry>)> {
+        let grant = self.grants.iter_mut().find(|g| g.id == grant_id && !g.is_revoked)?;
         grant.is_revoked = true;
         let before = self.totals.revoked;
         let mut entries = Vec::new();
@@ -254,28 +228,15 @@ impl Account {
     }
 
     pub fn held_by_user(&self, user: &str) -> Credits {
-        self.holds
-            .values()
-            .filter(|h| h.user_id.as_deref() == Some(user))
-            .map(|h| h.credits)
-            .sum()
+        self.holds.values().filter(|h| h.user_id.as_deref() == Some(user)).map(|h| h.credits).sum()
     }
 
     pub fn held_by_workspace(&self, workspace: &str) -> Credits {
-        self.holds
-            .values()
-            .filter(|h| h.workspace_id.as_deref() == Some(workspace))
-            .map(|h| h.credits)
-            .sum()
+        self.holds.values().filter(|h| h.workspace_id.as_deref() == Some(workspace)).map(|h| h.credits).sum()
     }
 
     pub fn meter_held(&self, meter: &str) -> u64 {
-        self.holds
-            .values()
-            .filter_map(|h| h.meter.as_ref())
-            .filter(|m| m.meter == meter)
-            .map(|m| m.units)
-            .sum()
+        self.holds.values().filter_map(|h| h.meter.as_ref()).filter(|m| m.meter == meter).map(|m| m.units).sum()
     }
 
     /// Units of `meter` in use: this cycle's count (counters) plus units held.
@@ -298,22 +259,12 @@ impl Account {
     // ---- internals -----------------------------------------------------------------------
 
     /// Ends a live hold without charging it (release or expiry). The caller checked it exists.
-    pub(super) fn end_hold(
-        &mut self,
-        hold_id: &str,
-        end: HoldEnd,
-        now: Now,
-        ids: &IdGenerator,
-    ) -> LedgerEntry {
+    pub(super) fn end_hold(&mut self, hold_id: &str, end: HoldEnd, now: Now, ids: &IdGenerator) -> LedgerEntry {
         let hold = self.holds.remove(hold_id).expect("hold exists");
         grant::unhold(&mut self.grants, &hold.allocations);
         self.overdraft_held -= hold.overdraft;
         self.resolved_holds.insert(hold.id.clone(), (end, now.wall));
-        let kind = if end == HoldEnd::Expired {
-            EntryKind::ExpireHold
-        } else {
-            EntryKind::Release
-        };
+        let kind = if end == HoldEnd::Expired { EntryKind::ExpireHold } else { EntryKind::Release };
         let mut entry = hold_entry(&self.id, &hold, kind, now, ids);
         entry.credits = hold.credits;
         entry.allocations = hold.allocations;
@@ -322,23 +273,15 @@ impl Account {
 
     fn roll_over(&mut self, now: Now, ids: &IdGenerator, entries: &mut Vec<LedgerEntry>) {
         let ended = self.cycle;
-        let at = Now {
-            wall: ended.end,
-            mono_ms: now.mono_ms,
-        };
+        let at = Now { wall: ended.end, mono_ms: now.mono_ms };
         // Unused plan credits of the ending cycle, and how much of it the plan carries.
         let unused: Credits = self
             .grants
             .iter()
-            .filter(|g| {
-                g.kind == GrantKind::Plan && g.expires_at == Some(ended.end) && !g.is_revoked
-            })
+            .filter(|g| g.kind == GrantKind::Plan && g.expires_at == Some(ended.end) && !g.is_revoked)
             .map(Grant::available)
             .sum();
-        let carry = self
-            .plan
-            .as_ref()
-            .map_or(Decimal::ZERO, |p| unused.min(p.rollover_cap));
+        let carry = self.plan.as_ref().map_or(Decimal::ZERO, |p| unused.min(p.rollover_cap));
         self.write_off(at, ids, entries);
         if let Some(next_plan) = self.pending_plan.take() {
             self.plan = Some(next_plan);
@@ -349,13 +292,7 @@ impl Account {
         self.cycle = Cycle::containing(self.anchor_day(), ended.end);
         self.usage = CycleUsage::default();
         if carry > Decimal::ZERO {
-            let mut g = Grant::new(
-                ids.next_string("gr_", at.wall_ms()),
-                GrantKind::Plan,
-                carry,
-                at.wall,
-                at.wall,
-            );
+            let mut g = Grant::new(ids.next_string("gr_", at.wall_ms()), GrantKind::Plan, carry, at.wall, at.wall);
             g.expires_at = Some(self.cycle.end);
             g.created_by = "rollover".into();
             let mut new = self.add_grant(g, at, ids);
@@ -366,12 +303,7 @@ impl Account {
     }
 
     /// The plan grant of the current cycle, when the subscription is active.
-    pub fn issue_plan_grant(
-        &mut self,
-        now: Now,
-        ids: &IdGenerator,
-        entries: &mut Vec<LedgerEntry>,
-    ) {
+    pub fn issue_plan_grant(&mut self, now: Now, ids: &IdGenerator, entries: &mut Vec<LedgerEntry>) {
         let Some(plan) = self.plan.clone() else {
             return;
         };
@@ -393,31 +325,20 @@ impl Account {
         g.created_by = "plan".into();
         g.money_paid = plan.price.clone();
         let mut new = self.add_grant(g, now, ids);
-        new[0]
-            .metadata
-            .insert("reason".into(), "plan_renewed".into());
+        new[0].metadata.insert("reason".into(), "plan_renewed".into());
         new[0].metadata.insert("plan".into(), plan.name);
         entries.append(&mut new);
     }
 
     fn write_off(&mut self, now: Now, ids: &IdGenerator, entries: &mut Vec<LedgerEntry>) {
         for (allocation, revoked) in grant::write_off_dead(&mut self.grants, now.wall) {
-            let kind = if revoked {
-                EntryKind::RevokeGrant
-            } else {
-                EntryKind::ExpireGrant
-            };
+            let kind = if revoked { EntryKind::RevokeGrant } else { EntryKind::ExpireGrant };
             if revoked {
                 self.totals.revoked += allocation.credits;
             } else {
                 self.totals.expired += allocation.credits;
             }
-            let mut e = LedgerEntry::new(
-                ids.next_string("le_", now.wall_ms()),
-                &self.id,
-                kind,
-                now.wall,
-            );
+            let mut e = LedgerEntry::new(ids.next_string("le_", now.wall_ms()), &self.id, kind, now.wall);
             e.credits = allocation.credits;
             e.allocations.push(allocation);
             entries.push(e);
@@ -434,19 +355,8 @@ fn grant_entry_kind(kind: GrantKind) -> EntryKind {
 }
 
 /// An entry describing a hold, with the hold's context filled in.
-pub fn hold_entry(
-    account_id: &str,
-    hold: &Hold,
-    kind: EntryKind,
-    now: Now,
-    ids: &IdGenerator,
-) -> LedgerEntry {
-    let mut e = LedgerEntry::new(
-        ids.next_string("le_", now.wall_ms()),
-        account_id,
-        kind,
-        now.wall,
-    );
+pub fn hold_entry(account_id: &str, hold: &Hold, kind: EntryKind, now: Now, ids: &IdGenerator) -> LedgerEntry {
+    let mut e = LedgerEntry::new(ids.next_string("le_", now.wall_ms()), account_id, kind, now.wall);
     e.user_id = hold.user_id.clone();
     e.workspace_id = hold.workspace_id.clone();
     e.action = hold.price.action.clone();

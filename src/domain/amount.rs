@@ -36,13 +36,7 @@ pub fn parse_optional_credits(field: &str, text: &str) -> Result<Option<Credits>
 
 fn parse(field: &str, text: &str, allow_negative: bool) -> Result<Credits, InvalidInput> {
     let bad = |reason: &str| {
-        InvalidInput::new(
-            field,
-            format!(
-                "{reason} (got {:?}; expected a decimal string like \"12.5\")",
-                shorten(text)
-            ),
-        )
+        InvalidInput::new(field, format!("{reason} (got {:?}; expected a decimal string like \"12.5\")", shorten(text)))
     };
     let digits = match text.strip_prefix('-') {
         Some(rest) if allow_negative => rest,
@@ -71,19 +65,14 @@ fn parse(field: &str, text: &str, allow_negative: bool) -> Result<Credits, Inval
     if significant.len() > MAX_SIGNIFICANT_DIGITS {
         return Err(bad("has more than 28 significant digits"));
     }
-    Decimal::from_str(text)
-        .map(|d| d.normalize())
-        .map_err(|_| bad("is out of range"))
+    Decimal::from_str(text).map(|d| d.normalize()).map_err(|_| bad("is out of range"))
 }
 
 fn shorten(text: &str) -> String {
     if text.len() <= 40 {
         text.to_string()
     } else {
-        format!(
-            "{}…",
-            &text[..text.char_indices().nth(40).map_or(text.len(), |(i, _)| i)]
-        )
+        format!("{}…", &text[..text.char_indices().nth(40).map_or(text.len(), |(i, _)| i)])
     }
 }
 
@@ -98,18 +87,11 @@ mod tests {
 
     #[test]
     fn accepts_plain_decimals() {
-        for (text, want) in [
-            ("12.5", "12.5"),
-            ("0.000125", "0.000125"),
-            ("0", "0"),
-            ("007.10", "7.1"),
-        ] {
+        for (text, want) in [("12.5", "12.5"), ("0.000125", "0.000125"), ("0", "0"), ("007.10", "7.1")] {
             assert_eq!(format_credits(parse_credits("x", text).unwrap()), want);
         }
         assert_eq!(
-            parse_credits("x", "9999999999999999999999999999")
-                .unwrap()
-                .to_string(),
+            parse_credits("x", "9999999999999999999999999999").unwrap().to_string(),
             "9999999999999999999999999999"
         );
     }
@@ -138,10 +120,7 @@ mod tests {
 
     #[test]
     fn negatives_only_where_allowed() {
-        assert_eq!(
-            parse_signed_credits("x", "-2.5").unwrap().to_string(),
-            "-2.5"
-        );
+        assert_eq!(parse_signed_credits("x", "-2.5").unwrap().to_string(), "-2.5");
         assert!(parse_signed_credits("x", "--2").is_err());
     }
 }

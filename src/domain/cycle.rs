@@ -16,16 +16,10 @@ impl Cycle {
         let this_month = anchor_in(t.year(), t.month(), anchor_day);
         if this_month <= t {
             let (y, m) = next_month(t.year(), t.month());
-            Cycle {
-                start: this_month,
-                end: anchor_in(y, m, anchor_day),
-            }
+            Cycle { start: this_month, end: anchor_in(y, m, anchor_day) }
         } else {
             let (y, m) = previous_month(t.year(), t.month());
-            Cycle {
-                start: anchor_in(y, m, anchor_day),
-                end: this_month,
-            }
+            Cycle { start: anchor_in(y, m, anchor_day), end: this_month }
         }
     }
 
@@ -38,10 +32,7 @@ impl Cycle {
 fn anchor_in(year: i32, month: u32, anchor_day: u32) -> DateTime<Utc> {
     let day = anchor_day.clamp(1, days_in_month(year, month));
     Utc.from_utc_datetime(
-        &NaiveDate::from_ymd_opt(year, month, day)
-            .expect("valid date")
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight"),
+        &NaiveDate::from_ymd_opt(year, month, day).expect("valid date").and_hms_opt(0, 0, 0).expect("midnight"),
     )
 }
 
@@ -78,10 +69,7 @@ mod tests {
     #[test]
     fn resets_on_the_first() {
         let c = Cycle::containing(1, at("2026-11-23T10:00:00Z"));
-        assert_eq!(
-            (c.start, c.end),
-            (at("2026-11-01T00:00:00Z"), at("2026-12-01T00:00:00Z"))
-        );
+        assert_eq!((c.start, c.end), (at("2026-11-01T00:00:00Z"), at("2026-12-01T00:00:00Z")));
         let c = Cycle::containing(1, at("2026-12-31T23:59:59Z"));
         assert_eq!(c.end, at("2027-01-01T00:00:00Z"));
     }
@@ -89,10 +77,7 @@ mod tests {
     #[test]
     fn anchor_31_uses_the_last_day_of_short_months() {
         let c = Cycle::containing(31, at("2026-02-15T00:00:00Z"));
-        assert_eq!(
-            (c.start, c.end),
-            (at("2026-01-31T00:00:00Z"), at("2026-02-28T00:00:00Z"))
-        );
+        assert_eq!((c.start, c.end), (at("2026-01-31T00:00:00Z"), at("2026-02-28T00:00:00Z")));
         assert_eq!(c.next(31).end, at("2026-03-31T00:00:00Z"));
     }
 

@@ -128,30 +128,19 @@ pub struct Allocation {
 /// last), then oldest, then id (so the order is total and stable across restarts).
 pub fn sort_burn_down(grants: &mut [Grant]) {
     grants.sort_by(|a, b| {
-        (
-            a.priority,
-            a.expires_at.is_none(),
-            a.expires_at,
-            a.created_at,
-            &a.id,
-        )
-            .cmp(&(
-                b.priority,
-                b.expires_at.is_none(),
-                b.expires_at,
-                b.created_at,
-                &b.id,
-            ))
+        (a.priority, a.expires_at.is_none(), a.expires_at, a.created_at, &a.id).cmp(&(
+            b.priority,
+            b.expires_at.is_none(),
+            b.expires_at,
+            b.created_at,
+            &b.id,
+        ))
     });
 }
 
 /// Credits the grants can pay at `now`, holds excluded.
 pub fn spendable(grants: &[Grant], now: DateTime<Utc>) -> Credits {
-    grants
-        .iter()
-        .filter(|g| g.is_usable(now))
-        .map(Grant::available)
-        .sum()
+    grants.iter().filter(|g| g.is_usable(now)).map(Grant::available).sum()
 }
 
 /// Consumes up to `want` from available credits in burn-down order. Returns what was taken
@@ -184,11 +173,7 @@ fn move_available(
         if x > Decimal::ZERO {
             apply(grant, x);
             left -= x;
-            allocations.push(Allocation {
-                grant_id: grant.id.clone(),
-                kind: grant.kind,
-                credits: x,
-            });
+            allocations.push(Allocation { grant_id: grant.id.clone(), kind: grant.kind, credits: x });
         }
     }
     (allocations, left)
@@ -196,11 +181,7 @@ fn move_available(
 
 /// Consumes up to `want` from what a hold has promised (`held`, updated in place).
 /// Returns the allocations consumed and the part not covered by the hold.
-pub fn consume_held(
-    grants: &mut [Grant],
-    held: &mut Vec<Allocation>,
-    want: Credits,
-) -> (Vec<Allocation>, Credits) {
+pub fn consume_held(grants: &mut [Grant], held: &mut Vec<Allocation>, want: Credits) -> (Vec<Allocation>, Credits) {
     let mut left = want;
     let mut taken = Vec::new();
     for promise in held.iter_mut() {
@@ -218,11 +199,7 @@ pub fn consume_held(
         }
         promise.credits -= x;
         left -= x;
-        taken.push(Allocation {
-            grant_id: promise.grant_id.clone(),
-            kind: promise.kind,
-            credits: x,
-        });
+        taken.push(Allocation { grant_id: promise.grant_id.clone(), kind: promise.kind, credits: x });
     }
     held.retain(|a| !a.credits.is_zero());
     (taken, left)
@@ -253,14 +230,7 @@ pub fn write_off_dead(grants: &mut Vec<Grant>, now: DateTime<Utc>) -> Vec<WriteO
             } else {
                 g.expired += x;
             }
-            moved.push((
-                Allocation {
-                    grant_id: g.id.clone(),
-                    kind: g.kind,
-                    credits: x,
-                },
-                g.is_revoked,
-            ));
+            moved.push((Allocation { grant_id: g.id.clone(), kind: g.kind, credits: x }, g.is_revoked));
         }
     }
     grants.retain(|g| !(g.remaining.is_zero() && g.held.is_zero()));

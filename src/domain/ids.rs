@@ -14,20 +14,11 @@ pub fn check_name(field: &str, value: &str) -> Result<(), InvalidInput> {
     if value.len() > MAX_ID_LEN {
         return Err(InvalidInput::new(
             field,
-            format!(
-                "is {} chars long; at most {MAX_ID_LEN} are allowed",
-                value.len()
-            ),
+            format!("is {} chars long; at most {MAX_ID_LEN} are allowed", value.len()),
         ));
     }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-    {
-        return Err(InvalidInput::new(
-            field,
-            format!("contains {c:?}; only A-Z a-z 0-9 . _ : - are allowed"),
-        ));
+    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
+        return Err(InvalidInput::new(field, format!("contains {c:?}; only A-Z a-z 0-9 . _ : - are allowed")));
     }
     Ok(())
 }
@@ -52,17 +43,11 @@ pub fn check_request_id(value: &str) -> Result<(), InvalidInput> {
     if value.len() > MAX_ID_LEN {
         return Err(InvalidInput::new(
             "request_id",
-            format!(
-                "is {} bytes long; at most {MAX_ID_LEN} are allowed",
-                value.len()
-            ),
+            format!("is {} bytes long; at most {MAX_ID_LEN} are allowed", value.len()),
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(InvalidInput::new(
-            "request_id",
-            "contains control characters",
-        ));
+        return Err(InvalidInput::new("request_id", "contains control characters"));
     }
     Ok(())
 }
@@ -79,9 +64,7 @@ const COUNTER_BITS: u32 = 20;
 impl IdGenerator {
     /// Never issues an id at or below `floor` (the highest id seen in the store at start).
     pub fn starting_after(floor: u64) -> Self {
-        Self {
-            last: AtomicU64::new(floor),
-        }
+        Self { last: AtomicU64::new(floor) }
     }
 
     pub fn next(&self, now_ms: u64) -> u64 {
@@ -89,10 +72,7 @@ impl IdGenerator {
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let next = candidate.max(last + 1);
-            match self
-                .last
-                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.last.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return next,
                 Err(seen) => last = seen,
             }
@@ -107,8 +87,7 @@ impl IdGenerator {
 
 /// The numeric part of an id made by [`IdGenerator::next_string`].
 pub fn id_number(id: &str) -> Option<u64> {
-    id.get(id.len().checked_sub(16)?..)
-        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+    id.get(id.len().checked_sub(16)?..).and_then(|hex| u64::from_str_radix(hex, 16).ok())
 }
 
 #[cfg(test)]

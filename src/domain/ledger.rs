@@ -78,10 +78,7 @@ pub struct Denial {
 
 impl Denial {
     pub fn new(reason: DenialReason) -> Self {
-        Denial {
-            reason,
-            meter: None,
-        }
+        Denial { reason, meter: None }
     }
 }
 

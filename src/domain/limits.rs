@@ -52,18 +52,13 @@ impl Limits {
             if alert > cap {
                 return Err(InvalidInput::new(
                     "limits.alert_threshold",
-                    format!(
-                        "{alert} exceeds the spending cap {cap}; an alert must come before the cap"
-                    ),
+                    format!("{alert} exceeds the spending cap {cap}; an alert must come before the cap"),
                 ));
             }
         }
         if let Some(LowBalance::PercentOfPlan(p)) = self.low_balance {
             if p > Decimal::from(100) {
-                return Err(InvalidInput::new(
-                    "limits.low_balance_threshold",
-                    format!("{p}% is more than 100%"),
-                ));
+                return Err(InvalidInput::new("limits.low_balance_threshold", format!("{p}% is more than 100%")));
             }
         }
         Ok(())
@@ -74,10 +69,7 @@ impl Limits {
     }
 
     pub fn workspace_cap(&self, workspace: &str) -> Option<Credits> {
-        self.workspace_caps
-            .get(workspace)
-            .copied()
-            .or(self.default_workspace_cap)
+        self.workspace_caps.get(workspace).copied().or(self.default_workspace_cap)
     }
 }
 
@@ -87,11 +79,7 @@ mod tests {
 
     #[test]
     fn alert_must_not_exceed_cap() {
-        let mut l = Limits {
-            spending_cap: Some(100.into()),
-            alert_threshold: Some(80.into()),
-            ..Default::default()
-        };
+        let mut l = Limits { spending_cap: Some(100.into()), alert_threshold: Some(80.into()), ..Default::default() };
         assert!(l.validate().is_ok());
         l.alert_threshold = Some(101.into());
         assert_eq!(l.validate().unwrap_err().field, "limits.alert_threshold");

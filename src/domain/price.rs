@@ -26,7 +26,12 @@ impl PriceEntry {
     /// products beyond 28 significant digits, and a cost must never round down. Costs too
     /// large to represent are rejected, naming `quantity`.
     pub fn cost(&self, quantity: u64, precision: u32) -> Result<Credits, InvalidInput> {
-        let too_big = || InvalidInput::new("quantity", format!("{quantity} units of {:?} cost more than can be represented", self.action));
+        let too_big = || {
+            InvalidInput::new(
+                "quantity",
+                format!("{quantity} units of {:?} cost more than can be represented", self.action),
+            )
+        };
         let per_unit = self.credits_per_unit.normalize();
         let scale = per_unit.scale();
         // cost = quantity × mantissa ÷ (unit_size × 10^scale); scaled by 10^precision, rounded up.
@@ -63,10 +68,7 @@ pub struct PriceBook {
 impl PriceBook {
     /// The price `account_id` pays for `action`: its override, else the global entry.
     pub fn lookup(&self, account_id: &str, action: &str) -> Option<&Arc<PriceEntry>> {
-        self.overrides
-            .get(account_id)
-            .and_then(|o| o.get(action))
-            .or_else(|| self.global.get(action))
+        self.overrides.get(account_id).and_then(|o| o.get(action)).or_else(|| self.global.get(action))
     }
 
     /// The next version with `change` applied.
@@ -130,30 +132,16 @@ mod tests {
 
     #[test]
     fn overrides_win_and_versions_advance() {
-        let book = PriceBook::default().apply(&PriceChange {
-            upserts: vec![entry("chat", "1", 1)],
-            ..Default::default()
-        });
+        let book =
+            PriceBook::default().apply(&PriceChange { upserts: vec![entry("chat", "1", 1)], ..Default::default() });
         let book = book.apply(&PriceChange {
             account_id: Some("acme".into()),
             upserts: vec![entry("chat", "0.5", 1)],
             ..Default::default()
         });
         assert_eq!(book.version, 2);
-        assert_eq!(
-            book.lookup("acme", "chat")
-                .unwrap()
-                .credits_per_unit
-                .to_string(),
-            "0.5"
-        );
-        assert_eq!(
-            book.lookup("other", "chat")
-                .unwrap()
-                .credits_per_unit
-                .to_string(),
-            "1"
-        );
+        assert_eq!(book.lookup("acme", "chat").unwrap().credits_per_unit.to_string(), "0.5");
+        assert_eq!(book.lookup("other", "chat").unwrap().credits_per_unit.to_string(), "1");
         assert!(book.lookup("acme", "video").is_none());
     }
 }

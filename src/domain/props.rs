@@ -6,9 +6,7 @@
 //! [`Account::advance`].
 
 use super::account::{Account, OveragePolicy, Plan, SubscriptionStatus};
-use super::amount::{
-    format_credits, parse_credits, parse_optional_credits, parse_signed_credits, Credits,
-};
+use super::amount::{format_credits, parse_credits, parse_optional_credits, parse_signed_credits, Credits};
 use super::grant::{self, Grant, GrantKind};
 use super::hold::Hold;
 use super::ids::IdGenerator;
@@ -26,11 +24,7 @@ type Check = Result<(), TestCaseError>;
 
 /// `cases` cases, and no regression files written next to the sources.
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 // ---- generators -----------------------------------------------------------------------------
@@ -46,12 +40,7 @@ fn credits() -> impl Strategy<Value = Credits> {
 }
 
 fn grant_kind() -> impl Strategy<Value = GrantKind> {
-    prop_oneof![
-        Just(GrantKind::Plan),
-        Just(GrantKind::Purchase),
-        Just(GrantKind::Promo),
-        Just(GrantKind::Adjustment)
-    ]
+    prop_oneof![Just(GrantKind::Plan), Just(GrantKind::Purchase), Just(GrantKind::Promo), Just(GrantKind::Adjustment)]
 }
 
 fn policy() -> impl Strategy<Value = OveragePolicy> {
@@ -85,22 +74,15 @@ fn grant_spec() -> impl Strategy<Value = GrantSpec> {
         3 => (MINUTE_MS..=40 * DAY_MS).prop_map(Some),
         1 => (-DAY_MS..=MINUTE_MS).prop_map(Some),
     ];
-    (
-        grant_kind(),
-        credits(),
-        proptest::option::weighted(0.3, 0u32..=50),
-        effective,
-        expires,
+    (grant_kind(), credits(), proptest::option::weighted(0.3, 0u32..=50), effective, expires).prop_map(
+        |(kind, amount, priority, effective_in_ms, expires_in_ms)| GrantSpec {
+            kind,
+            amount,
+            priority,
+            effective_in_ms,
+            expires_in_ms,
+        },
     )
-        .prop_map(
-            |(kind, amount, priority, effective_in_ms, expires_in_ms)| GrantSpec {
-                kind,
-                amount,
-                priority,
-                effective_in_ms,
-                expires_in_ms,
-            },
-        )
 }
 
 /// Which cost a Commit reports, relative to what its hold still holds.
@@ -225,20 +207,9 @@ fn plan() -> impl Strategy<Value = (Plan, SubscriptionStatus)> {
         1 => Just(SubscriptionStatus::Cancelled),
         1 => Just(SubscriptionStatus::Expired),
     ];
-    (credits(), 1u32..=31, credits(), status).prop_map(
-        |(credits_per_cycle, cycle_anchor_day, rollover_cap, status)| {
-            (
-                Plan {
-                    name: "pro".into(),
-                    credits_per_cycle,
-                    cycle_anchor_day,
-                    rollover_cap,
-                    price: None,
-                },
-                status,
-            )
-        },
-    )
+    (credits(), 1u32..=31, credits(), status).prop_map(|(credits_per_cycle, cycle_anchor_day, rollover_cap, status)| {
+        (Plan { name: "pro".into(), credits_per_cycle, cycle_anchor_day, rollover_cap, price: None }, status)
+    })
 }
 
 /// Wall clocks from 2025 to 2028, any millisecond.
@@ -258,35 +229,15 @@ fn setup(cap: impl Strategy<Value = Option<Credits>>) -> impl Strategy<Value = S
         proptest::option::weighted(0.3, credits()),
         proptest::collection::vec(grant_spec(), 0..5),
     )
-        .prop_map(
-            |(
-                start_ms,
-                plan,
-                overdraft_limit,
-                policy,
-                spending_cap,
-                user_cap,
-                workspace_cap,
-                grants,
-            )| Setup {
-                start_ms,
-                plan,
-                overdraft_limit,
-                policy,
-                spending_cap,
-                user_cap,
-                workspace_cap,
-                grants,
-            },
-        )
+        .prop_map(|(start_ms, plan, overdraft_limit, policy, spending_cap, user_cap, workspace_cap, grants)| {
+            Setup { start_ms, plan, overdraft_limit, policy, spending_cap, user_cap, workspace_cap, grants }
+        })
 }
 
 // ---- driving an account -----------------------------------------------------------------------
 
 fn wall(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .expect("valid timestamp")
+    Utc.timestamp_millis_opt(ms).single().expect("valid timestamp")
 }
 
 /// An account, its clocks and its id generator, driven like the engine drives it.
@@ -299,10 +250,7 @@ struct World {
 impl World {
     fn open(s: &Setup) -> World {
         let ids = IdGenerator::default();
-        let now = Now {
-            wall: wall(s.start_ms),
-            mono_ms: 1_000_000,
-        };
+        let now = Now { wall: wall(s.start_ms), mono_ms: 1_000_000 };
         let mut acc = Account::blank("acme", now.wall);
         if let Some((plan, status)) = &s.plan {
             acc.plan = Some(plan.clone());
@@ -328,9 +276,7 @@ impl World {
         if let Some(p) = spec.priority {
             g.priority = p;
         }
-        g.expires_at = spec
-            .expires_in_ms
-            .map(|ms| self.now.wall + Duration::milliseconds(ms));
+        g.expires_at = spec.expires_in_ms.map(|ms| self.now.wall + Duration::milliseconds(ms));
         self.acc.add_grant(g, self.now, &self.ids);
     }
 
@@ -346,13 +292,7 @@ impl World {
         ids.swap_remove(pick % ids.len())
     }
 
-    fn hold(
-        &self,
-        credits: Credits,
-        user: Option<String>,
-        workspace: Option<String>,
-        ttl_ms: u64,
-    ) -> Hold {
+    fn hold(&self, credits: Credits, user: Option<String>, workspace: Option<String>, ttl_ms: u64) -> Hold {
         Hold {
             id: self.ids.next_string("rs_", self.now.wall_ms()),
             request_id: format!("req-{}", self.ids.next(self.now.wall_ms())),
@@ -384,11 +324,7 @@ impl World {
         let now = self.now;
         let name = |n: Option<u8>, prefix: &str| n.map(|n| format!("{prefix}{n}"));
         match op {
-            Op::Deduct {
-                credits,
-                user,
-                workspace,
-            } => {
+            Op::Deduct { credits, user, workspace } => {
                 let (user, workspace) = (name(*user, "u"), name(*workspace, "w"));
                 let ask = SpendAsk {
                     user_id: user.as_deref(),
@@ -404,12 +340,7 @@ impl World {
                     prop_assert_eq!(self.acc.totals.charged - charged_before, *credits);
                 }
             }
-            Op::Reserve {
-                credits,
-                user,
-                workspace,
-                ttl_ms,
-            } => {
+            Op::Reserve { credits, user, workspace, ttl_ms } => {
                 let (user, workspace) = (name(*user, "u"), name(*workspace, "w"));
                 let ask = SpendAsk {
                     user_id: user.as_deref(),
@@ -423,13 +354,7 @@ impl World {
                     prop_assert_eq!(held.credits, *credits);
                 }
             }
-            Op::Commit {
-                pick,
-                quantity,
-                cost,
-                is_final,
-                policy,
-            } => {
+            Op::Commit { pick, quantity, cost, is_final, policy } => {
                 let id = self.hold_id(*pick);
                 self.acc.overage_policy = *policy;
                 let before = self.acc.clone();
@@ -437,11 +362,7 @@ impl World {
                 let cost = cost.resolve(held);
                 match self.acc.commit(&id, *quantity, cost, *is_final, now) {
                     Ok(s) => {
-                        prop_assert_eq!(
-                            s.charged + s.shortfall,
-                            cost,
-                            "charged + shortfall = cost"
-                        );
+                        prop_assert_eq!(s.charged + s.shortfall, cost, "charged + shortfall = cost");
                         prop_assert_eq!(self.acc.totals.charged - before.totals.charged, s.charged);
                         prop_assert_eq!(self.acc.holds.contains_key(&id), !*is_final);
                         if *policy == OveragePolicy::CapAtHold {
@@ -482,19 +403,11 @@ impl World {
                 }
             }
             Op::Advance { ms } => {
-                self.now = Now {
-                    wall: now.wall + Duration::milliseconds(*ms as i64),
-                    mono_ms: now.mono_ms + ms,
-                };
+                self.now = Now { wall: now.wall + Duration::milliseconds(*ms as i64), mono_ms: now.mono_ms + ms };
                 self.acc.advance(self.now, &self.ids);
+                prop_assert!(self.acc.cycle.start <= self.now.wall && self.now.wall < self.acc.cycle.end);
                 prop_assert!(
-                    self.acc.cycle.start <= self.now.wall && self.now.wall < self.acc.cycle.end
-                );
-                prop_assert!(
-                    self.acc
-                        .holds
-                        .values()
-                        .all(|h| h.deadline_ms > self.now.mono_ms),
+                    self.acc.holds.values().all(|h| h.deadline_ms > self.now.mono_ms),
                     "a due hold survived advance"
                 );
             }
@@ -514,11 +427,7 @@ fn check_conservation(acc: &Account, now: Now) -> Check {
         remaining + t.consumed + t.expired + t.revoked,
         "granted = remaining + consumed + expired + revoked"
     );
-    prop_assert_eq!(
-        t.charged,
-        t.consumed + acc.overdraft_used,
-        "charged = consumed + overdraft_used"
-    );
+    prop_assert_eq!(t.charged, t.consumed + acc.overdraft_used, "charged = consumed + overdraft_used");
     for g in &acc.grants {
         prop_assert!(
             Decimal::ZERO <= g.held && g.held <= g.remaining,
@@ -527,28 +436,15 @@ fn check_conservation(acc: &Account, now: Now) -> Check {
             g.held,
             g.remaining
         );
-        prop_assert_eq!(
-            g.amount,
-            g.remaining + g.consumed + g.expired + g.revoked,
-            "grant {} does not add up",
-            g.id
-        );
+        prop_assert_eq!(g.amount, g.remaining + g.consumed + g.expired + g.revoked, "grant {} does not add up", g.id);
     }
     for pair in acc.grants.windows(2) {
-        prop_assert!(
-            burn_down_key(&pair[0]) <= burn_down_key(&pair[1]),
-            "grants out of burn-down order"
-        );
+        prop_assert!(burn_down_key(&pair[0]) <= burn_down_key(&pair[1]), "grants out of burn-down order");
     }
     let mut promised: BTreeMap<&str, Credits> = BTreeMap::new();
     for h in acc.holds.values() {
         let allocated: Credits = h.allocations.iter().map(|a| a.credits).sum();
-        prop_assert_eq!(
-            h.credits,
-            allocated + h.overdraft,
-            "hold {}: credits = allocations + overdraft",
-            h.id
-        );
+        prop_assert_eq!(h.credits, allocated + h.overdraft, "hold {}: credits = allocations + overdraft", h.id);
         prop_assert!(h.overdraft >= Decimal::ZERO);
         for a in &h.allocations {
             *promised.entry(a.grant_id.as_str()).or_default() += a.credits;
@@ -562,12 +458,7 @@ fn check_conservation(acc: &Account, now: Now) -> Check {
             g.id
         );
     }
-    prop_assert!(
-        promised
-            .keys()
-            .all(|id| acc.grants.iter().any(|g| g.id == *id)),
-        "a hold promises a dropped grant"
-    );
+    prop_assert!(promised.keys().all(|id| acc.grants.iter().any(|g| g.id == *id)), "a hold promises a dropped grant");
     let overdraft_in_holds: Credits = acc.holds.values().map(|h| h.overdraft).sum();
     prop_assert_eq!(acc.overdraft_held, overdraft_in_holds);
     prop_assert!(acc.overdraft_used >= Decimal::ZERO && acc.overdraft_held >= Decimal::ZERO);
@@ -603,10 +494,7 @@ fn check_caps(acc: &Account) -> Check {
         let user = format!("u{n}");
         if let Some(cap) = acc.limits.user_cap(&user) {
             let spent = acc.usage.by_user.get(&user).copied().unwrap_or_default();
-            prop_assert!(
-                spent + acc.held_by_user(&user) <= cap,
-                "user {user}: spent {spent} + held exceeds cap {cap}"
-            );
+            prop_assert!(spent + acc.held_by_user(&user) <= cap, "user {user}: spent {spent} + held exceeds cap {cap}");
         }
         let ws = format!("w{n}");
         if let Some(cap) = acc.limits.workspace_cap(&ws) {
@@ -624,10 +512,8 @@ fn run(setup: &Setup, ops: &[Op], invariants: impl Fn(&Account, Now) -> Check) -
     let mut w = World::open(setup);
     invariants(&w.acc, w.now)?;
     for (step, op) in ops.iter().enumerate() {
-        w.apply(op)
-            .map_err(|e| TestCaseError::fail(format!("step {step} {op:?}: {e}")))?;
-        invariants(&w.acc, w.now)
-            .map_err(|e| TestCaseError::fail(format!("after step {step} {op:?}: {e}")))?;
+        w.apply(op).map_err(|e| TestCaseError::fail(format!("step {step} {op:?}: {e}")))?;
+        invariants(&w.acc, w.now).map_err(|e| TestCaseError::fail(format!("after step {step} {op:?}: {e}")))?;
     }
     Ok(())
 }
@@ -692,11 +578,9 @@ proptest! {
 fn commit_beyond_a_full_hold_respects_every_cap() {
     let ten = Some(Decimal::from(10));
     let mut overspent = Vec::new();
-    for (which, spending_cap, user_cap, workspace_cap) in [
-        ("spending", ten, None, None),
-        ("user", None, ten, None),
-        ("workspace", None, None, ten),
-    ] {
+    for (which, spending_cap, user_cap, workspace_cap) in
+        [("spending", ten, None, None), ("user", None, ten, None), ("workspace", None, None, ten)]
+    {
         let s = Setup {
             start_ms: 1_767_225_600_000,
             plan: None,
@@ -714,23 +598,12 @@ fn commit_beyond_a_full_hold_respects_every_cap() {
             }],
         };
         let mut w = World::open(&s);
-        w.apply(&Op::Reserve {
-            credits: Decimal::from(10),
-            user: Some(0),
-            workspace: Some(0),
-            ttl_ms: 60_000,
-        })
-        .unwrap();
-        let id = w.acc.holds.keys().next().expect("reserved").clone();
-        let settled = w
-            .acc
-            .commit(&id, 1, Decimal::from(20), true, w.now)
+        w.apply(&Op::Reserve { credits: Decimal::from(10), user: Some(0), workspace: Some(0), ttl_ms: 60_000 })
             .unwrap();
+        let id = w.acc.holds.keys().next().expect("reserved").clone();
+        let settled = w.acc.commit(&id, 1, Decimal::from(20), true, w.now).unwrap();
         if (settled.charged, settled.shortfall) != (Decimal::from(10), Decimal::from(10)) {
-            overspent.push(format!(
-                "{which} cap 10: charged {}, shortfall {}",
-                settled.charged, settled.shortfall
-            ));
+            overspent.push(format!("{which} cap 10: charged {}, shortfall {}", settled.charged, settled.shortfall));
         }
     }
     assert!(overspent.is_empty(), "{overspent:#?}");
@@ -753,24 +626,22 @@ fn loose_grant() -> impl Strategy<Value = Grant> {
         proptest::bool::weighted(0.1),
         0u32..1_000,
     )
-        .prop_map(
-            move |(kind, amount, held_pct, priority, expires, age, future, is_revoked, id)| {
-                let mut g = Grant::new(
-                    format!("gr_{id:04}"),
-                    kind,
-                    amount,
-                    t0 + Duration::days(future * 10),
-                    t0 - Duration::days(age),
-                );
-                g.priority = priority;
-                // Expiry 0 is "now": already dead, so not usable.
-                g.expires_at = expires.map(|d| t0 + Duration::days(d));
-                g.held = (amount * Decimal::new(i64::from(held_pct), 2))
-                    .round_dp_with_strategy(9, rust_decimal::RoundingStrategy::ToZero);
-                g.is_revoked = is_revoked;
-                g
-            },
-        )
+        .prop_map(move |(kind, amount, held_pct, priority, expires, age, future, is_revoked, id)| {
+            let mut g = Grant::new(
+                format!("gr_{id:04}"),
+                kind,
+                amount,
+                t0 + Duration::days(future * 10),
+                t0 - Duration::days(age),
+            );
+            g.priority = priority;
+            // Expiry 0 is "now": already dead, so not usable.
+            g.expires_at = expires.map(|d| t0 + Duration::days(d));
+            g.held = (amount * Decimal::new(i64::from(held_pct), 2))
+                .round_dp_with_strategy(9, rust_decimal::RoundingStrategy::ToZero);
+            g.is_revoked = is_revoked;
+            g
+        })
 }
 
 proptest! {
@@ -890,9 +761,7 @@ impl Big {
         let mut out = Vec::new();
         let mut carry = 0u64;
         for i in 0..self.0.len().max(other.0.len()) {
-            let x = u64::from(*self.0.get(i).unwrap_or(&0))
-                + u64::from(*other.0.get(i).unwrap_or(&0))
-                + carry;
+            let x = u64::from(*self.0.get(i).unwrap_or(&0)) + u64::from(*other.0.get(i).unwrap_or(&0)) + carry;
             out.push(x as u32);
             carry = x >> 32;
         }
@@ -908,10 +777,7 @@ impl Big {
     }
 
     fn cmp(&self, other: &Big) -> Ordering {
-        self.0
-            .len()
-            .cmp(&other.0.len())
-            .then_with(|| self.0.iter().rev().cmp(other.0.iter().rev()))
+        self.0.len().cmp(&other.0.len()).then_with(|| self.0.iter().rev().cmp(other.0.iter().rev()))
     }
 }
 
@@ -922,21 +788,10 @@ fn parts(d: Credits) -> (Big, u32) {
 }
 
 /// Checks `exact ≤ cost < exact + 10^-p` and at most `p` fractional digits, exactly.
-fn check_cost(
-    quantity: u64,
-    per_unit: Credits,
-    unit_size: u64,
-    precision: u32,
-    cost: Credits,
-) -> Check {
+fn check_cost(quantity: u64, per_unit: Credits, unit_size: u64, precision: u32, cost: Credits) -> Check {
     prop_assert!(cost >= Decimal::ZERO, "negative cost {}", cost);
     let cost = cost.normalize();
-    prop_assert!(
-        cost.scale() <= precision,
-        "cost {} has more than {} fractional digits",
-        cost,
-        precision
-    );
+    prop_assert!(cost.scale() <= precision, "cost {} has more than {} fractional digits", cost, precision);
     // exact = q·m / (10^s·u); cost·10^p = C, an integer.
     let (m, s) = parts(per_unit);
     let (c, t) = parts(cost);
@@ -978,11 +833,7 @@ fn price(per_unit: Credits, unit_size: u64) -> PriceEntry {
 
 /// Wire decimals: up to 28 significant digits, up to 9 fractional digits.
 fn wire_decimal() -> impl Strategy<Value = Credits> {
-    let mantissa = prop_oneof![
-        0u128..=1_000,
-        0u128..=u128::from(u64::MAX),
-        0u128..10u128.pow(28),
-    ];
+    let mantissa = prop_oneof![0u128..=1_000, 0u128..=u128::from(u64::MAX), 0u128..10u128.pow(28),];
     (mantissa, 0u32..=9).prop_map(|(m, s)| Decimal::from_i128_with_scale(m as i128, s))
 }
 

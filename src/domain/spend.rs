@@ -46,10 +46,7 @@ pub enum HoldError {
 
 impl Account {
     pub fn meter_kind(&self, meter: &str) -> MeterKind {
-        self.limits
-            .meters
-            .get(meter)
-            .map_or(MeterKind::CycleCounter, |m| m.kind)
+        self.limits.meters.get(meter).map_or(MeterKind::CycleCounter, |m| m.kind)
     }
 
     /// Checks every limit at once; the first one without room is the reason.
@@ -84,10 +81,7 @@ impl Account {
         if let Some((meter, units)) = ask.meter {
             if let Some(limit) = self.limits.meters.get(meter) {
                 if self.meter_in_use(meter, limit.kind).saturating_add(units) > limit.limit {
-                    return Err(Denial {
-                        reason: DenialReason::MeterLimitReached,
-                        meter: Some(meter.to_string()),
-                    });
+                    return Err(Denial { reason: DenialReason::MeterLimitReached, meter: Some(meter.to_string()) });
                 }
             }
         }
@@ -114,11 +108,8 @@ impl Account {
         hold.allocations = allocations;
         hold.overdraft = rest;
         self.overdraft_held += rest;
-        hold.meter = ask.meter.map(|(meter, units)| HeldUnits {
-            meter: meter.to_string(),
-            kind: self.meter_kind(meter),
-            units,
-        });
+        hold.meter =
+            ask.meter.map(|(meter, units)| HeldUnits { meter: meter.to_string(), kind: self.meter_kind(meter), units });
         let id = hold.id.clone();
         self.holds.insert(id.clone(), hold);
         &self.holds[&id]
@@ -180,8 +171,7 @@ impl Account {
             grant::unhold(&mut self.grants, &hold.allocations);
             self.overdraft_held -= hold.overdraft;
             s.released = hold.credits;
-            self.resolved_holds
-                .insert(hold.id.clone(), (HoldEnd::Committed, now.wall));
+            self.resolved_holds.insert(hold.id.clone(), (HoldEnd::Committed, now.wall));
         }
 
         // 4. Cost beyond the hold: the work is done; the policy says how much may be taken.
@@ -190,13 +180,10 @@ impl Account {
             let allowance = match self.overage_policy {
                 OveragePolicy::CapAtHold => Decimal::ZERO,
                 OveragePolicy::RecordShortfall => self.spendable(now.wall),
-                OveragePolicy::AllowOverdraft => {
-                    self.spendable(now.wall) + self.overdraft_headroom()
-                }
+                OveragePolicy::AllowOverdraft => self.spendable(now.wall) + self.overdraft_headroom(),
             };
-            let take = extra
-                .min(allowance)
-                .min(self.cap_headroom(hold.user_id.as_deref(), hold.workspace_id.as_deref()));
+            let take =
+                extra.min(allowance).min(self.cap_headroom(hold.user_id.as_deref(), hold.workspace_id.as_deref()));
             let (mut taken, rest) = grant::take(&mut self.grants, take, now.wall);
             self.totals.consumed += take - rest;
             self.overdraft_used += rest;
@@ -214,12 +201,7 @@ impl Account {
     }
 
     /// Frees a live hold without charging it.
-    pub fn release(
-        &mut self,
-        hold_id: &str,
-        now: Now,
-        ids: &IdGenerator,
-    ) -> Result<LedgerEntry, HoldError> {
+    pub fn release(&mut self, hold_id: &str, now: Now, ids: &IdGenerator) -> Result<LedgerEntry, HoldError> {
         self.live_hold(hold_id)?;
         Ok(self.end_hold(hold_id, HoldEnd::Released, now, ids))
     }
@@ -242,18 +224,13 @@ impl Account {
         }
         if let Some(u) = user {
             if let Some(cap) = self.limits.user_cap(u) {
-                room = room.min(
-                    cap - self.usage.by_user.get(u).copied().unwrap_or_default()
-                        - self.held_by_user(u),
-                );
+                room = room.min(cap - self.usage.by_user.get(u).copied().unwrap_or_default() - self.held_by_user(u));
             }
         }
         if let Some(w) = workspace {
             if let Some(cap) = self.limits.workspace_cap(w) {
-                room = room.min(
-                    cap - self.usage.by_workspace.get(w).copied().unwrap_or_default()
-                        - self.held_by_workspace(w),
-                );
+                room = room
+                    .min(cap - self.usage.by_workspace.get(w).copied().unwrap_or_default() - self.held_by_workspace(w));
             }
         }
         room.max(Decimal::ZERO)

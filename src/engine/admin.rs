@@ -94,24 +94,14 @@ fn settings_json(a: &Account) -> String {
 }
 
 fn json_fingerprint(op: &str, value: &impl Serialize) -> u64 {
-    Fingerprint::default()
-        .str(op)
-        .str(&serde_json::to_string(value).expect("serializes"))
-        .finish()
+    Fingerprint::default().str(op).str(&serde_json::to_string(value).expect("serializes")).finish()
 }
 
 impl Engine {
-    pub async fn create_account(
-        &self,
-        spec: AccountSpec,
-        caller: &Caller,
-    ) -> Result<Account, Error> {
+    pub async fn create_account(&self, spec: AccountSpec, caller: &Caller) -> Result<Account, Error> {
         spec.limits.validate()?;
         let fingerprint = json_fingerprint("create_account", &spec);
-        let key = caller
-            .request_id
-            .as_deref()
-            .map(|rid| idem_key(&spec.account_id, rid));
+        let key = caller.request_id.as_deref().map(|rid| idem_key(&spec.account_id, rid));
         if let Some(k) = &key {
             self.recall(k).await?;
         }
@@ -119,11 +109,7 @@ impl Engine {
         let mut blank = Account::blank(&spec.account_id, now.wall);
         blank.display_name = spec.display_name.clone();
         blank.plan = spec.plan.clone();
-        blank.subscription = if spec.plan.is_some() {
-            spec.subscription
-        } else {
-            SubscriptionStatus::Expired
-        };
+        blank.subscription = if spec.plan.is_some() { spec.subscription } else { SubscriptionStatus::Expired };
         blank.limits = spec.limits.clone();
         blank.overage_policy = spec.overage_policy;
         blank.precision = spec.precision;
@@ -168,30 +154,15 @@ impl Engine {
             let durable = self.record(
                 &cell,
                 &mut slot,
-                Change {
-                    entries,
-                    audit: Some(audit),
-                    answer,
-                    wait: true,
-                    ..Change::default()
-                },
+                Change { entries, audit: Some(audit), answer, wait: true, ..Change::default() },
             );
             (durable, slot.account.clone())
         };
-        Ok(settle(
-            durable,
-            Answer {
-                outcome: account,
-                replayed: false,
-            },
-        )
-        .await?
-        .outcome)
+        Ok(settle(durable, Answer { outcome: account, replayed: false }).await?.outcome)
     }
 
     pub fn get_account(&self, account_id: &str) -> Result<Account, Error> {
-        self.read_account(account_id, |a, _| a.clone())
-            .ok_or_else(|| not_found(account_id))
+        self.read_account(account_id, |a, _| a.clone()).ok_or_else(|| not_found(account_id))
     }
 
     pub fn get_balance(&self, account_id: &str) -> Option<BalanceView> {
@@ -204,69 +175,57 @@ impl Engine {
         update: AccountUpdate,
         caller: &Caller,
     ) -> Result<Account, Error> {
-        self.change_settings(
-            account_id,
-            "UpdateAccount",
-            caller,
-            |account, engine, now, entries| {
-                if let Some(name) = update.display_name {
-                    account.display_name = name;
-                }
-                if let Some(status) = update.status {
-                    account.status = status;
-                }
-                if let Some(policy) = update.overage_policy {
-                    account.overage_policy = policy;
-                }
-                if let Some(sub) = update.subscription {
-                    account.subscription = sub;
-                }
-                if let Some((plan, timing)) = update.plan {
-                    match &account.plan {
-                        None => account.plan = Some(plan),
-                        Some(current) => {
-                            let upgrade = plan.credits_per_cycle > current.credits_per_cycle;
-                            if upgrade && timing == PlanTiming::Now {
-                                let difference = plan.credits_per_cycle - current.credits_per_cycle;
-                                if account.plan_issued_for == Some(account.cycle.start) {
-                                    let mut g = Grant::new(
-                                        engine.ids.next_string("gr_", now.wall_ms()),
-                                        GrantKind::Plan,
-                                        difference,
-                                        now.wall,
-                                        now.wall,
-                                    );
-                                    g.expires_at = Some(account.cycle.end);
-                                    g.created_by = "plan_upgrade".into();
-                                    let mut new = account.add_grant(g, now, &engine.ids);
-                                    new[0]
-                                        .metadata
-                                        .insert("reason".into(), "plan_upgrade".into());
-                                    new[0].metadata.insert("plan".into(), plan.name.clone());
-                                    entries.append(&mut new);
-                                }
-                                account.plan = Some(plan);
-                                account.pending_plan = None;
-                            } else {
-                                account.pending_plan = Some(plan);
+        self.change_settings(account_id, "UpdateAccount", caller, |account, engine, now, entries| {
+            if let Some(name) = update.display_name {
+                account.display_name = name;
+            }
+            if let Some(status) = update.status {
+                account.status = status;
+            }
+            if let Some(policy) = update.overage_policy {
+                account.overage_policy = policy;
+            }
+            if let Some(sub) = update.subscription {
+                account.subscription = sub;
+            }
+            if let Some((plan, timing)) = update.plan {
+                match &account.plan {
+                    None => account.plan = Some(plan),
+                    Some(current) => {
+                        let upgrade = plan.credits_per_cycle > current.credits_per_cycle;
+                        if upgrade && timing == PlanTiming::Now {
+                            let difference = plan.credits_per_cycle - current.credits_per_cycle;
+                            if account.plan_issued_for == Some(account.cycle.start) {
+                                let mut g = Grant::new(
+                                    engine.ids.next_string("gr_", now.wall_ms()),
+                                    GrantKind::Plan,
+                                    difference,
+                                    now.wall,
+                                    now.wall,
+                                );
+                                g.expires_at = Some(account.cycle.end);
+                                g.created_by = "plan_upgrade".into();
+                                let mut new = account.add_grant(g, now, &engine.ids);
+                                new[0].metadata.insert("reason".into(), "plan_upgrade".into());
+                                new[0].metadata.insert("plan".into(), plan.name.clone());
+                                entries.append(&mut new);
                             }
+                            account.plan = Some(plan);
+                            account.pending_plan = None;
+                        } else {
+                            account.pending_plan = Some(plan);
                         }
                     }
                 }
-                // A subscription that just became active (or a first plan) gets this cycle's grant.
-                account.issue_plan_grant(now, &engine.ids, entries);
-                Ok(())
-            },
-        )
+            }
+            // A subscription that just became active (or a first plan) gets this cycle's grant.
+            account.issue_plan_grant(now, &engine.ids, entries);
+            Ok(())
+        })
         .await
     }
 
-    pub async fn set_limits(
-        &self,
-        account_id: &str,
-        limits: Limits,
-        caller: &Caller,
-    ) -> Result<Account, Error> {
+    pub async fn set_limits(&self, account_id: &str, limits: Limits, caller: &Caller) -> Result<Account, Error> {
         limits.validate()?;
         self.change_settings(account_id, "SetLimits", caller, |account, _, _, _| {
             account.limits = limits;
@@ -315,44 +274,22 @@ impl Engine {
             let durable = self.record(
                 &cell,
                 &mut slot,
-                Change {
-                    entries,
-                    audit: Some(audit),
-                    state_changed: true,
-                    wait: true,
-                    ..Change::default()
-                },
+                Change { entries, audit: Some(audit), state_changed: true, wait: true, ..Change::default() },
             );
             (durable, slot.account.clone())
         };
-        Ok(settle(
-            durable,
-            Answer {
-                outcome: account,
-                replayed: false,
-            },
-        )
-        .await?
-        .outcome)
+        Ok(settle(durable, Answer { outcome: account, replayed: false }).await?.outcome)
     }
 
-    pub async fn grant_credits(
-        &self,
-        spec: GrantSpec,
-        caller: &Caller,
-    ) -> Result<Answer<GrantOutcome>, Error> {
-        let request_id = caller.request_id.as_deref().ok_or_else(|| {
-            Error::invalid(
-                "request_id",
-                "is required: a retried top-up must not add credits twice",
-            )
-        })?;
+    pub async fn grant_credits(&self, spec: GrantSpec, caller: &Caller) -> Result<Answer<GrantOutcome>, Error> {
+        let request_id = caller
+            .request_id
+            .as_deref()
+            .ok_or_else(|| Error::invalid("request_id", "is required: a retried top-up must not add credits twice"))?;
         let key = idem_key(&spec.account_id, request_id);
         self.recall(&key).await?;
         let fingerprint = json_fingerprint("grant", &spec);
-        let cell = self
-            .cell(&spec.account_id)
-            .ok_or_else(|| not_found(&spec.account_id))?;
+        let cell = self.cell(&spec.account_id).ok_or_else(|| not_found(&spec.account_id))?;
         let (durable, answer) = {
             let mut slot = cell.lock();
             if slot.gone {
@@ -360,33 +297,20 @@ impl Engine {
             }
             if let Some(seen) = self.seen(&key, fingerprint)? {
                 return match &*seen {
-                    Outcome::Grant(g) => Ok(Answer {
-                        outcome: g.clone(),
-                        replayed: true,
-                    }),
-                    _ => Err(Error::AlreadyExists(
-                        "request_id was already used for a different operation".into(),
-                    )),
+                    Outcome::Grant(g) => Ok(Answer { outcome: g.clone(), replayed: true }),
+                    _ => Err(Error::AlreadyExists("request_id was already used for a different operation".into())),
                 };
             }
             let now = self.clock.now();
             let effective_at = spec.effective_at.unwrap_or(now.wall);
             if let Some(end) = spec.expires_at {
                 if end <= effective_at.max(now.wall) {
-                    return Err(Error::invalid(
-                        "expires_at",
-                        "must be later than now and than effective_at",
-                    ));
+                    return Err(Error::invalid("expires_at", "must be later than now and than effective_at"));
                 }
             }
             let mut entries = slot.account.advance(now, &self.ids);
-            let mut grant = Grant::new(
-                self.ids.next_string("gr_", now.wall_ms()),
-                spec.kind,
-                spec.amount,
-                effective_at,
-                now.wall,
-            );
+            let mut grant =
+                Grant::new(self.ids.next_string("gr_", now.wall_ms()), spec.kind, spec.amount, effective_at, now.wall);
             grant.priority = spec.priority.unwrap_or(spec.kind.default_priority());
             grant.expires_at = spec.expires_at;
             grant.external_reference = spec.external_reference.clone();
@@ -397,20 +321,13 @@ impl Engine {
             let entry = &mut new[0];
             entry.request_id = Some(request_id.to_string());
             if !spec.comment.is_empty() {
-                entry
-                    .metadata
-                    .insert("comment".into(), spec.comment.clone());
+                entry.metadata.insert("comment".into(), spec.comment.clone());
             }
             if !spec.external_reference.is_empty() {
-                entry
-                    .metadata
-                    .insert("external_reference".into(), spec.external_reference.clone());
+                entry.metadata.insert("external_reference".into(), spec.external_reference.clone());
             }
             if let Some(m) = &spec.money_paid {
-                entry.metadata.insert(
-                    "money_paid".into(),
-                    format!("{} {}", m.amount.normalize(), m.currency),
-                );
+                entry.metadata.insert("money_paid".into(), format!("{} {}", m.amount.normalize(), m.currency));
             }
             let outcome = GrantOutcome {
                 grant: shown,
@@ -430,21 +347,9 @@ impl Engine {
             let durable = self.record(
                 &cell,
                 &mut slot,
-                Change {
-                    entries,
-                    audit: Some(audit),
-                    answer,
-                    wait: true,
-                    ..Change::default()
-                },
+                Change { entries, audit: Some(audit), answer, wait: true, ..Change::default() },
             );
-            (
-                durable,
-                Answer {
-                    outcome,
-                    replayed: false,
-                },
-            )
+            (durable, Answer { outcome, replayed: false })
         };
         settle(durable, answer).await
     }
@@ -456,17 +361,10 @@ impl Engine {
         reason: &str,
         caller: &Caller,
     ) -> Result<Answer<RevokeOutcome>, Error> {
-        let request_id = caller
-            .request_id
-            .as_deref()
-            .ok_or_else(|| Error::invalid("request_id", "is required"))?;
+        let request_id = caller.request_id.as_deref().ok_or_else(|| Error::invalid("request_id", "is required"))?;
         let key = idem_key(account_id, request_id);
         self.recall(&key).await?;
-        let fingerprint = Fingerprint::default()
-            .str("revoke")
-            .str(grant_id)
-            .str(reason)
-            .finish();
+        let fingerprint = Fingerprint::default().str("revoke").str(grant_id).str(reason).finish();
         let cell = self.cell(account_id).ok_or_else(|| not_found(account_id))?;
         let (durable, answer) = {
             let mut slot = cell.lock();
@@ -475,35 +373,20 @@ impl Engine {
             }
             if let Some(seen) = self.seen(&key, fingerprint)? {
                 return match &*seen {
-                    Outcome::Revoke(r) => Ok(Answer {
-                        outcome: r.clone(),
-                        replayed: true,
-                    }),
-                    _ => Err(Error::AlreadyExists(
-                        "request_id was already used for a different operation".into(),
-                    )),
+                    Outcome::Revoke(r) => Ok(Answer { outcome: r.clone(), replayed: true }),
+                    _ => Err(Error::AlreadyExists("request_id was already used for a different operation".into())),
                 };
             }
             let now = self.clock.now();
             let mut entries = slot.account.advance(now, &self.ids);
-            let before = slot
-                .account
-                .grants
-                .iter()
-                .find(|g| g.id == grant_id)
-                .cloned();
+            let before = slot.account.grants.iter().find(|g| g.id == grant_id).cloned();
             let Some(before) = before else {
                 self.record(&cell, &mut slot, Change::maintenance(entries));
-                return Err(Error::NotFound(format!(
-                    "account {account_id} has no grant {grant_id} with credits left"
-                )));
+                return Err(Error::NotFound(format!("account {account_id} has no grant {grant_id} with credits left")));
             };
-            let Some((revoked, mut new)) = slot.account.revoke_grant(grant_id, now, &self.ids)
-            else {
+            let Some((revoked, mut new)) = slot.account.revoke_grant(grant_id, now, &self.ids) else {
                 self.record(&cell, &mut slot, Change::maintenance(entries));
-                return Err(Error::FailedPrecondition(format!(
-                    "grant {grant_id} is already revoked"
-                )));
+                return Err(Error::FailedPrecondition(format!("grant {grant_id} is already revoked")));
             };
             let mut after = before.clone();
             after.is_revoked = true;
@@ -533,21 +416,9 @@ impl Engine {
             let durable = self.record(
                 &cell,
                 &mut slot,
-                Change {
-                    entries,
-                    audit: Some(audit),
-                    answer,
-                    state_changed: true,
-                    wait: true,
-                },
+                Change { entries, audit: Some(audit), answer, state_changed: true, wait: true },
             );
-            (
-                durable,
-                Answer {
-                    outcome,
-                    replayed: false,
-                },
-            )
+            (durable, Answer { outcome, replayed: false })
         };
         settle(durable, answer).await
     }
@@ -565,14 +436,8 @@ impl Engine {
         let scope = change.account_id.as_deref();
         let before = serde_json::to_string(&current.list(scope)).expect("prices serialize");
         let after = serde_json::to_string(&next.list(scope)).expect("prices serialize");
-        let audit = self.audit(
-            &caller.actor,
-            "UpsertPrices",
-            scope.unwrap_or(""),
-            caller.request_id.as_deref(),
-            before,
-            after,
-        );
+        let audit =
+            self.audit(&caller.actor, "UpsertPrices", scope.unwrap_or(""), caller.request_id.as_deref(), before, after);
         // The new version is written before anyone prices with it, so no ledger entry can
         // name a version the store does not have.
         let written = self.journal.write_global(Some(next.clone()), Some(audit));
@@ -592,7 +457,5 @@ impl Engine {
 }
 
 fn not_found(account_id: &str) -> Error {
-    Error::NotFound(format!(
-        "account {account_id} does not exist; create it with CreateAccount"
-    ))
+    Error::NotFound(format!("account {account_id} does not exist; create it with CreateAccount"))
 }

@@ -41,12 +41,7 @@ impl AccountCell {
     pub fn new(account: Account) -> Self {
         AccountCell {
             id: account.id.clone(),
-            slot: Mutex::new(Slot {
-                account,
-                pending: Vec::new(),
-                queued: false,
-                gone: false,
-            }),
+            slot: Mutex::new(Slot { account, pending: Vec::new(), queued: false, gone: false }),
         }
     }
 
@@ -54,8 +49,6 @@ impl AccountCell {
         // A panic under the lock leaves the state as it was before the panicking change
         // began or mid-change; either way the store still holds the last durable state,
         // which the writer's failure path reloads. Recover the guard rather than poison all.
-        self.slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

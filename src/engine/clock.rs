@@ -16,9 +16,7 @@ pub struct SystemClock {
 
 impl SystemClock {
     pub fn new() -> Self {
-        SystemClock {
-            started: Instant::now(),
-        }
+        SystemClock { started: Instant::now() }
     }
 }
 
@@ -30,10 +28,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now(&self) -> Now {
-        Now {
-            wall: Utc::now(),
-            mono_ms: self.started.elapsed().as_millis() as u64,
-        }
+        Now { wall: Utc::now(), mono_ms: self.started.elapsed().as_millis() as u64 }
     }
 }
 
@@ -44,12 +39,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(wall: DateTime<Utc>) -> Self {
-        ManualClock {
-            now: Mutex::new(Now {
-                wall,
-                mono_ms: 1_000,
-            }),
-        }
+        ManualClock { now: Mutex::new(Now { wall, mono_ms: 1_000 }) }
     }
 
     /// Moves both clocks forward.

@@ -39,12 +39,7 @@ pub struct Idempotency {
 
 impl Idempotency {
     pub fn new(retention_ms: u64, max_entries: usize) -> Self {
-        Idempotency {
-            entries: DashMap::new(),
-            retention_ms,
-            max_entries,
-            evicted: AtomicBool::new(false),
-        }
+        Idempotency { entries: DashMap::new(), retention_ms, max_entries, evicted: AtomicBool::new(false) }
     }
 
     pub fn check(&self, request_id: &str, fingerprint: u64) -> Seen {
@@ -93,20 +88,13 @@ impl Idempotency {
     pub fn sweep(&self, now_ms: u64) -> usize {
         let before = self.entries.len();
         let cutoff = now_ms.saturating_sub(self.retention_ms);
-        self.entries
-            .retain(|_, e| e.created_ms >= cutoff || !e.durable);
+        self.entries.retain(|_, e| e.created_ms >= cutoff || !e.durable);
         let over = self.entries.len().saturating_sub(self.max_entries);
         if over > 0 {
-            let mut ages: Vec<u64> = self
-                .entries
-                .iter()
-                .filter(|e| e.durable)
-                .map(|e| e.created_ms)
-                .collect();
+            let mut ages: Vec<u64> = self.entries.iter().filter(|e| e.durable).map(|e| e.created_ms).collect();
             ages.sort_unstable();
             if let Some(&newest_evicted) = ages.get(over.min(ages.len()).saturating_sub(1)) {
-                self.entries
-                    .retain(|_, e| e.created_ms > newest_evicted || !e.durable);
+                self.entries.retain(|_, e| e.created_ms > newest_evicted || !e.durable);
                 self.evicted.store(true, Ordering::Relaxed);
             }
         }

@@ -16,10 +16,7 @@ use rust_decimal::Decimal;
 use std::sync::Arc;
 
 impl Engine {
-    pub async fn check_and_deduct(
-        &self,
-        req: DeductRequest,
-    ) -> Result<Answer<DeductOutcome>, Error> {
+    pub async fn check_and_deduct(&self, req: DeductRequest) -> Result<Answer<DeductOutcome>, Error> {
         if let (Some(rid), false) = (&req.request_id, req.dry_run) {
             self.recall(&idem_key(&req.target.account_id, rid)).await?;
         }
@@ -37,9 +34,7 @@ impl Engine {
             let result = match item {
                 Ok(req) => {
                     let recalled = match (&req.request_id, req.dry_run) {
-                        (Some(rid), false) => {
-                            self.recall(&idem_key(&req.target.account_id, rid)).await
-                        }
+                        (Some(rid), false) => self.recall(&idem_key(&req.target.account_id, rid)).await,
                         _ => Ok(()),
                     };
                     recalled.and_then(|()| self.decide_deduct(&req))
@@ -58,10 +53,7 @@ impl Engine {
         answers
     }
 
-    fn decide_deduct(
-        &self,
-        req: &DeductRequest,
-    ) -> Result<(Durable, Answer<DeductOutcome>), Error> {
+    fn decide_deduct(&self, req: &DeductRequest) -> Result<(Durable, Answer<DeductOutcome>), Error> {
         let t = &req.target;
         let Some(cell) = self.cell(&t.account_id) else {
             return Ok((None, fresh(deduct_not_found())));
@@ -71,11 +63,7 @@ impl Engine {
         if slot.gone {
             return Ok((None, fresh(deduct_not_found())));
         }
-        let key = req
-            .request_id
-            .as_deref()
-            .filter(|_| !req.dry_run)
-            .map(|rid| idem_key(&t.account_id, rid));
+        let key = req.request_id.as_deref().filter(|_| !req.dry_run).map(|rid| idem_key(&t.account_id, rid));
         let fingerprint = req.fingerprint();
         if let Some(k) = &key {
             if let Some(seen) = self.seen(k, fingerprint)? {
@@ -92,21 +80,11 @@ impl Engine {
         let now = self.clock.now();
         let price = book.lookup(&t.account_id, &t.action).cloned();
         // Validate the cost before anything moves: an overflowing quantity changes nothing.
-        let cost = price
-            .as_ref()
-            .map(|p| p.cost(t.quantity, slot.account.precision))
-            .transpose()?;
+        let cost = price.as_ref().map(|p| p.cost(t.quantity, slot.account.precision)).transpose()?;
         let mut entries = slot.account.advance(now, &self.ids);
 
         let account = &mut slot.account;
-        let mut entry = self.spend_entry(
-            account,
-            t,
-            req.request_id.as_deref(),
-            price.as_deref(),
-            book.version,
-            now,
-        );
+        let mut entry = self.spend_entry(account, t, req.request_id.as_deref(), price.as_deref(), book.version, now);
         let (denial, charged, allocations) = match (&price, cost) {
             (Some(p), Some(cost)) => {
                 let ask = ask_for(t, p, cost);
@@ -116,11 +94,7 @@ impl Engine {
                     Ok(()) => (None, cost, account.deduct(&ask, now.wall)),
                 }
             }
-            _ => (
-                Some(Denial::new(DenialReason::UnknownAction)),
-                Decimal::ZERO,
-                Vec::new(),
-            ),
+            _ => (Some(Denial::new(DenialReason::UnknownAction)), Decimal::ZERO, Vec::new()),
         };
         let outcome = DeductOutcome {
             denial: denial.clone(),
@@ -128,11 +102,7 @@ impl Engine {
             allocations: allocations.clone(),
             balance: account.balance(now.wall),
             cycle_spend: account.usage.spend,
-            ledger_entry_id: if req.dry_run {
-                String::new()
-            } else {
-                entry.id.clone()
-            },
+            ledger_entry_id: if req.dry_run { String::new() } else { entry.id.clone() },
             price_version: book.version,
         };
         if req.dry_run {
@@ -140,26 +110,13 @@ impl Engine {
             drop(durable); // nothing was asked of the store on the caller's behalf
             return Ok((None, fresh(outcome)));
         }
-        entry.kind = if denial.is_some() {
-            EntryKind::Denied
-        } else {
-            EntryKind::Deduct
-        };
+        entry.kind = if denial.is_some() { EntryKind::Denied } else { EntryKind::Deduct };
         entry.denial = denial;
         entry.credits = charged;
         entry.allocations = allocations;
         entries.push(entry);
         let answer = key.map(|k| (k, fingerprint, Outcome::Deduct(outcome.clone())));
-        let durable = self.record(
-            &cell,
-            &mut slot,
-            Change {
-                entries,
-                answer,
-                wait: true,
-                ..Change::default()
-            },
-        );
+        let durable = self.record(&cell, &mut slot, Change { entries, answer, wait: true, ..Change::default() });
         Ok((durable, fresh(outcome)))
     }
 
@@ -168,19 +125,13 @@ impl Engine {
         let key = idem_key(&t.account_id, &req.request_id);
         self.recall(&key).await?;
         let Some(cell) = self.cell(&t.account_id) else {
-            return Ok(fresh(reserve_denied(
-                DenialReason::AccountNotFound,
-                Decimal::ZERO,
-            )));
+            return Ok(fresh(reserve_denied(DenialReason::AccountNotFound, Decimal::ZERO)));
         };
         let book = self.price_book();
         let (durable, answer) = {
             let mut slot = cell.lock();
             if slot.gone {
-                return Ok(fresh(reserve_denied(
-                    DenialReason::AccountNotFound,
-                    Decimal::ZERO,
-                )));
+                return Ok(fresh(reserve_denied(DenialReason::AccountNotFound, Decimal::ZERO)));
             }
             let fingerprint = req.fingerprint();
             if let Some(seen) = self.seen(&key, fingerprint)? {
@@ -196,10 +147,7 @@ impl Engine {
             }
             let now = self.clock.now();
             let price = book.lookup(&t.account_id, &t.action).cloned();
-            let cost = price
-                .as_ref()
-                .map(|p| p.cost(t.quantity, slot.account.precision))
-                .transpose()?;
+            let cost = price.as_ref().map(|p| p.cost(t.quantity, slot.account.precision)).transpose()?;
             if slot.account.holds.len() >= self.options.max_holds_per_account {
                 return Err(Error::FailedPrecondition(format!(
                     "account {} has {} live reservations, the most allowed (limits.max_holds_per_account); commit or release some first",
@@ -208,14 +156,7 @@ impl Engine {
             }
             let mut entries = slot.account.advance(now, &self.ids);
             let account = &mut slot.account;
-            let mut entry = self.spend_entry(
-                account,
-                t,
-                Some(&req.request_id),
-                price.as_deref(),
-                book.version,
-                now,
-            );
+            let mut entry = self.spend_entry(account, t, Some(&req.request_id), price.as_deref(), book.version, now);
             let outcome = match (&price, cost) {
                 (Some(p), Some(cost)) => {
                     let ask = ask_for(t, p, cost);
@@ -226,11 +167,7 @@ impl Engine {
                         },
                         Ok(()) => {
                             let hold = Hold {
-                                id: format!(
-                                    "{}/{}",
-                                    t.account_id,
-                                    self.ids.next_string("rs_", now.wall_ms())
-                                ),
+                                id: format!("{}/{}", t.account_id, self.ids.next_string("rs_", now.wall_ms())),
                                 request_id: req.request_id.clone(),
                                 user_id: t.user_id.clone(),
                                 workspace_id: t.workspace_id.clone(),
@@ -242,18 +179,13 @@ impl Engine {
                                 overdraft: Decimal::ZERO,
                                 meter: None,
                                 created_at: now.wall,
-                                expires_at: now.wall
-                                    + chrono::Duration::milliseconds(req.ttl.as_millis() as i64),
+                                expires_at: now.wall + chrono::Duration::milliseconds(req.ttl.as_millis() as i64),
                                 deadline_ms: now.mono_ms + req.ttl.as_millis() as u64,
                                 metadata: t.metadata.clone(),
                             };
                             let hold = account.reserve(hold, &ask, now.wall);
-                            let (id, held, allocations, expires_at) = (
-                                hold.id.clone(),
-                                hold.credits,
-                                hold.allocations.clone(),
-                                hold.expires_at,
-                            );
+                            let (id, held, allocations, expires_at) =
+                                (hold.id.clone(), hold.credits, hold.allocations.clone(), hold.expires_at);
                             self.with_holds.insert(t.account_id.clone(), ());
                             ReserveOutcome {
                                 denial: None,
@@ -270,33 +202,15 @@ impl Engine {
                 }
                 _ => reserve_denied(DenialReason::UnknownAction, account.balance(now.wall)),
             };
-            let outcome = ReserveOutcome {
-                ledger_entry_id: entry.id.clone(),
-                price_version: book.version,
-                ..outcome
-            };
-            entry.kind = if outcome.denial.is_some() {
-                EntryKind::Denied
-            } else {
-                EntryKind::Reserve
-            };
+            let outcome = ReserveOutcome { ledger_entry_id: entry.id.clone(), price_version: book.version, ..outcome };
+            entry.kind = if outcome.denial.is_some() { EntryKind::Denied } else { EntryKind::Reserve };
             entry.denial = outcome.denial.clone();
             entry.credits = outcome.credits_held;
             entry.allocations = outcome.allocations.clone();
-            entry.reservation_id =
-                (!outcome.reservation_id.is_empty()).then(|| outcome.reservation_id.clone());
+            entry.reservation_id = (!outcome.reservation_id.is_empty()).then(|| outcome.reservation_id.clone());
             entries.push(entry);
             let answer = Some((key, fingerprint, Outcome::Reserve(outcome.clone())));
-            let durable = self.record(
-                &cell,
-                &mut slot,
-                Change {
-                    entries,
-                    answer,
-                    wait: true,
-                    ..Change::default()
-                },
-            );
+            let durable = self.record(&cell, &mut slot, Change { entries, answer, wait: true, ..Change::default() });
             (durable, fresh(outcome))
         };
         settle(durable, answer).await
@@ -304,51 +218,36 @@ impl Engine {
 
     pub async fn commit(&self, req: CommitRequest) -> Result<Answer<CommitOutcome>, Error> {
         let fingerprint = req.fingerprint();
-        self.on_hold(
-            &req.reservation_id,
-            &req.request_id,
-            fingerprint,
-            |engine, account, now, entries| {
-                let hold = account
-                    .live_hold(&req.reservation_id)
-                    .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
-                let cost = hold.price.cost(req.quantity, account.precision)?;
-                let mut entry = crate::domain::account::hold_entry(
-                    &account.id,
-                    hold,
-                    EntryKind::Commit,
-                    now,
-                    &engine.ids,
-                );
-                entry.metadata = hold.metadata.clone();
-                entry.metadata.extend(req.metadata.clone());
-                let s = account
-                    .commit(&req.reservation_id, req.quantity, cost, req.is_final, now)
-                    .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
-                entry.quantity = req.quantity;
-                entry.request_id = Some(req.request_id.clone());
-                entry.credits = s.charged;
-                entry.allocations = s.allocations.clone();
-                entry.shortfall = s.shortfall;
-                if req.is_final {
-                    entry
-                        .metadata
-                        .insert("released".into(), s.released.normalize().to_string());
-                }
-                let outcome = CommitOutcome {
-                    credits_charged: s.charged,
-                    credits_released: s.released,
-                    credits_still_held: s.still_held,
-                    shortfall: s.shortfall,
-                    allocations: s.allocations,
-                    balance: account.balance(now.wall),
-                    cycle_spend: account.usage.spend,
-                    ledger_entry_id: entry.id.clone(),
-                };
-                entries.push(entry);
-                Ok(Outcome::Commit(outcome))
-            },
-        )
+        self.on_hold(&req.reservation_id, &req.request_id, fingerprint, |engine, account, now, entries| {
+            let hold = account.live_hold(&req.reservation_id).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+            let cost = hold.price.cost(req.quantity, account.precision)?;
+            let mut entry = crate::domain::account::hold_entry(&account.id, hold, EntryKind::Commit, now, &engine.ids);
+            entry.metadata = hold.metadata.clone();
+            entry.metadata.extend(req.metadata.clone());
+            let s = account
+                .commit(&req.reservation_id, req.quantity, cost, req.is_final, now)
+                .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+            entry.quantity = req.quantity;
+            entry.request_id = Some(req.request_id.clone());
+            entry.credits = s.charged;
+            entry.allocations = s.allocations.clone();
+            entry.shortfall = s.shortfall;
+            if req.is_final {
+                entry.metadata.insert("released".into(), s.released.normalize().to_string());
+            }
+            let outcome = CommitOutcome {
+                credits_charged: s.charged,
+                credits_released: s.released,
+                credits_still_held: s.still_held,
+                shortfall: s.shortfall,
+                allocations: s.allocations,
+                balance: account.balance(now.wall),
+                cycle_spend: account.usage.spend,
+                ledger_entry_id: entry.id.clone(),
+            };
+            entries.push(entry);
+            Ok(Outcome::Commit(outcome))
+        })
         .await
         .and_then(|a| {
             expect_outcome(a, |o| match o {
@@ -360,24 +259,19 @@ impl Engine {
 
     pub async fn release(&self, req: ReleaseRequest) -> Result<Answer<ReleaseOutcome>, Error> {
         let fingerprint = req.fingerprint();
-        self.on_hold(
-            &req.reservation_id,
-            &req.request_id,
-            fingerprint,
-            |engine, account, now, entries| {
-                let mut entry = account
-                    .release(&req.reservation_id, now, &engine.ids)
-                    .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
-                entry.request_id = Some(req.request_id.clone());
-                let outcome = ReleaseOutcome {
-                    credits_released: entry.credits,
-                    balance: account.balance(now.wall),
-                    ledger_entry_id: entry.id.clone(),
-                };
-                entries.push(entry);
-                Ok(Outcome::Release(outcome))
-            },
-        )
+        self.on_hold(&req.reservation_id, &req.request_id, fingerprint, |engine, account, now, entries| {
+            let mut entry = account
+                .release(&req.reservation_id, now, &engine.ids)
+                .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+            entry.request_id = Some(req.request_id.clone());
+            let outcome = ReleaseOutcome {
+                credits_released: entry.credits,
+                balance: account.balance(now.wall),
+                ledger_entry_id: entry.id.clone(),
+            };
+            entries.push(entry);
+            Ok(Outcome::Release(outcome))
+        })
         .await
         .and_then(|a| {
             expect_outcome(a, |o| match o {
@@ -389,31 +283,18 @@ impl Engine {
 
     pub async fn extend(&self, req: ExtendRequest) -> Result<Answer<ExtendOutcome>, Error> {
         let fingerprint = req.fingerprint();
-        self.on_hold(
-            &req.reservation_id,
-            &req.request_id,
-            fingerprint,
-            |engine, account, now, entries| {
-                let account_id = account.id.clone();
-                let hold = account
-                    .extend(&req.reservation_id, req.ttl.as_millis() as u64, now)
-                    .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
-                let expires_at = hold.expires_at;
-                let mut entry = crate::domain::account::hold_entry(
-                    &account_id,
-                    hold,
-                    EntryKind::Extend,
-                    now,
-                    &engine.ids,
-                );
-                entry.request_id = Some(req.request_id.clone());
-                entry
-                    .metadata
-                    .insert("expires_at".into(), expires_at.to_rfc3339());
-                entries.push(entry);
-                Ok(Outcome::Extend(ExtendOutcome { expires_at }))
-            },
-        )
+        self.on_hold(&req.reservation_id, &req.request_id, fingerprint, |engine, account, now, entries| {
+            let account_id = account.id.clone();
+            let hold = account
+                .extend(&req.reservation_id, req.ttl.as_millis() as u64, now)
+                .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+            let expires_at = hold.expires_at;
+            let mut entry = crate::domain::account::hold_entry(&account_id, hold, EntryKind::Extend, now, &engine.ids);
+            entry.request_id = Some(req.request_id.clone());
+            entry.metadata.insert("expires_at".into(), expires_at.to_rfc3339());
+            entries.push(entry);
+            Ok(Outcome::Extend(ExtendOutcome { expires_at }))
+        })
         .await
         .and_then(|a| {
             expect_outcome(a, |o| match o {
@@ -432,24 +313,17 @@ impl Engine {
         fingerprint: u64,
         op: impl FnOnce(&Engine, &mut Account, Now, &mut Vec<LedgerEntry>) -> Result<Outcome, Error>,
     ) -> Result<Answer<Outcome>, Error> {
-        let account_id = reservation_account(reservation_id).ok_or_else(|| {
-            Error::invalid(
-                "reservation_id",
-                "is not a reservation id returned by Reserve",
-            )
-        })?;
+        let account_id = reservation_account(reservation_id)
+            .ok_or_else(|| Error::invalid("reservation_id", "is not a reservation id returned by Reserve"))?;
         let key = idem_key(account_id, request_id);
         self.recall(&key).await?;
-        let cell = self.cell(account_id).ok_or_else(|| {
-            Error::FailedPrecondition(format!("reservation {reservation_id} does not exist"))
-        })?;
+        let cell = self
+            .cell(account_id)
+            .ok_or_else(|| Error::FailedPrecondition(format!("reservation {reservation_id} does not exist")))?;
         let (durable, answer) = {
             let mut slot = cell.lock();
             if let Some(seen) = self.seen(&key, fingerprint)? {
-                return Ok(Answer {
-                    outcome: (*seen).clone(),
-                    replayed: true,
-                });
+                return Ok(Answer { outcome: (*seen).clone(), replayed: true });
             }
             let now = self.clock.now();
             let mut entries = slot.account.advance(now, &self.ids);
@@ -460,16 +334,8 @@ impl Engine {
             match result {
                 Ok(outcome) => {
                     let answer = Some((key, fingerprint, outcome.clone()));
-                    let durable = self.record(
-                        &cell,
-                        &mut slot,
-                        Change {
-                            entries,
-                            answer,
-                            wait: true,
-                            ..Change::default()
-                        },
-                    );
+                    let durable =
+                        self.record(&cell, &mut slot, Change { entries, answer, wait: true, ..Change::default() });
                     (durable, fresh(outcome))
                 }
                 Err(e) => {
@@ -492,12 +358,8 @@ impl Engine {
         version: u64,
         now: Now,
     ) -> LedgerEntry {
-        let mut e = LedgerEntry::new(
-            self.ids.next_string("le_", now.wall_ms()),
-            &account.id,
-            EntryKind::Deduct,
-            now.wall,
-        );
+        let mut e =
+            LedgerEntry::new(self.ids.next_string("le_", now.wall_ms()), &account.id, EntryKind::Deduct, now.wall);
         e.user_id = t.user_id.clone();
         e.workspace_id = t.workspace_id.clone();
         e.action = t.action.clone();
@@ -532,23 +394,15 @@ fn preview_allocations(account: &Account, cost: Credits, now: Now) -> Vec<grant:
 /// Narrows a replayed or fresh generic answer to the operation's own outcome. A request id
 /// first used for another operation has another fingerprint, so a mismatch here means the
 /// id was reused across operations.
-fn expect_outcome<T>(
-    answer: Answer<Outcome>,
-    narrow: impl FnOnce(Outcome) -> Option<T>,
-) -> Result<Answer<T>, Error> {
+fn expect_outcome<T>(answer: Answer<Outcome>, narrow: impl FnOnce(Outcome) -> Option<T>) -> Result<Answer<T>, Error> {
     let replayed = answer.replayed;
     narrow(answer.outcome)
         .map(|outcome| Answer { outcome, replayed })
-        .ok_or_else(|| {
-            Error::AlreadyExists("request_id was already used for a different operation".into())
-        })
+        .ok_or_else(|| Error::AlreadyExists("request_id was already used for a different operation".into()))
 }
 
 fn fresh<T>(outcome: T) -> Answer<T> {
-    Answer {
-        outcome,
-        replayed: false,
-    }
+    Answer { outcome, replayed: false }
 }
 
 fn replay<T>(
@@ -557,17 +411,9 @@ fn replay<T>(
     extract: impl Fn(&Outcome) -> T,
 ) -> Result<(Durable, Answer<T>), Error> {
     if !is_kind(seen) {
-        return Err(Error::AlreadyExists(
-            "request_id was already used for a different operation".into(),
-        ));
+        return Err(Error::AlreadyExists("request_id was already used for a different operation".into()));
     }
-    Ok((
-        None,
-        Answer {
-            outcome: extract(seen),
-            replayed: true,
-        },
-    ))
+    Ok((None, Answer { outcome: extract(seen), replayed: true }))
 }
 
 fn deduct_not_found() -> DeductOutcome {

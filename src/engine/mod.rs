@@ -137,10 +137,7 @@ impl Engine {
     }
 
     fn price_book(&self) -> Arc<PriceBook> {
-        self.prices
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.prices.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Loads an answered request id evicted from memory back from the store, so the check
@@ -156,9 +153,7 @@ impl Engine {
         let row = tokio::task::spawn_blocking(move || lookup.find_request(&k))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(|e| {
-                Error::Unavailable(format!("cannot read answered requests from the store: {e}"))
-            })?;
+            .map_err(|e| Error::Unavailable(format!("cannot read answered requests from the store: {e}")))?;
         if let Some(row) = row {
             if let Some(entry) = idem_entry_from_row(&row) {
                 self.idempotency.insert(row.request_id, entry);
@@ -170,11 +165,7 @@ impl Engine {
     /// Records a change made under the account's lock: queues its ledger entries, audit
     /// record and answer for the journal, and returns what to wait on for durability.
     fn record(&self, cell: &Arc<AccountCell>, slot: &mut Slot, change: Change) -> Durable {
-        if change.entries.is_empty()
-            && change.audit.is_none()
-            && change.answer.is_none()
-            && !change.state_changed
-        {
+        if change.entries.is_empty() && change.audit.is_none() && change.answer.is_none() && !change.state_changed {
             return None;
         }
         let sync = self.journal.durability == Durability::Sync;
@@ -203,12 +194,7 @@ impl Engine {
         } else {
             (None, None)
         };
-        slot.pending.push(Pending {
-            entries: change.entries,
-            audit: change.audit,
-            idem,
-            waiter,
-        });
+        slot.pending.push(Pending { entries: change.entries, audit: change.audit, idem, waiter });
         let mut queued = slot.queued;
         self.journal.queue(cell, &mut queued);
         slot.queued = queued;
@@ -251,8 +237,7 @@ impl Engine {
     /// Rolls every account whose cycle ended into its new cycle (plan renewal, expiry of
     /// unused plan credits). Also happens lazily when an account is touched.
     pub fn sweep_cycles(&self) -> usize {
-        let cells: Vec<Arc<AccountCell>> =
-            self.accounts.iter().map(|e| e.value().clone()).collect();
+        let cells: Vec<Arc<AccountCell>> = self.accounts.iter().map(|e| e.value().clone()).collect();
         let now = self.clock.now();
         let mut rolled = 0;
         for cell in cells {
@@ -274,11 +259,7 @@ impl Engine {
 
     /// Asks the store to forget answered request ids past retention.
     pub fn prune_stored_requests(&self) {
-        let cutoff = self
-            .clock
-            .now()
-            .wall_ms()
-            .saturating_sub(self.options.idempotency_retention.as_millis() as u64);
+        let cutoff = self.clock.now().wall_ms().saturating_sub(self.options.idempotency_retention.as_millis() as u64);
         self.journal.prune_requests(cutoff);
     }
 
@@ -310,11 +291,7 @@ impl Engine {
     }
 
     /// A snapshot of an account brought up to now (for reads).
-    fn read_account<T>(
-        &self,
-        account_id: &str,
-        read: impl FnOnce(&Account, crate::domain::Now) -> T,
-    ) -> Option<T> {
+    fn read_account<T>(&self, account_id: &str, read: impl FnOnce(&Account, crate::domain::Now) -> T) -> Option<T> {
         let cell = self.cell(account_id)?;
         let mut slot = cell.lock();
         if slot.gone {
@@ -344,10 +321,7 @@ struct Change {
 impl Change {
     /// Housekeeping changes (expiries, rollovers) that nobody waits for.
     fn maintenance(entries: Vec<LedgerEntry>) -> Change {
-        Change {
-            entries,
-            ..Change::default()
-        }
+        Change { entries, ..Change::default() }
     }
 }
 
@@ -383,11 +357,7 @@ async fn settle<T>(durable: Durable, answer: Answer<T>) -> Result<Answer<T>, Err
         match rx.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::not_durable(&e)),
-            Err(_) => {
-                return Err(Error::not_durable(&StoreError::Failed(
-                    "the journal writer stopped".into(),
-                )))
-            }
+            Err(_) => return Err(Error::not_durable(&StoreError::Failed("the journal writer stopped".into()))),
         }
     }
     Ok(answer)

@@ -76,20 +76,14 @@ impl DeductRequest {
 
 impl ReserveRequest {
     pub fn fingerprint(&self) -> u64 {
-        self.target
-            .fingerprint("reserve")
-            .num(self.ttl.as_millis() as u64)
-            .finish()
+        self.target.fingerprint("reserve").num(self.ttl.as_millis() as u64).finish()
     }
 }
 
 impl CommitRequest {
     pub fn fingerprint(&self) -> u64 {
-        let mut f = Fingerprint::default()
-            .str("commit")
-            .str(&self.reservation_id)
-            .num(self.quantity)
-            .num(self.is_final as u64);
+        let mut f =
+            Fingerprint::default().str("commit").str(&self.reservation_id).num(self.quantity).num(self.is_final as u64);
         for (k, v) in &self.metadata {
             f = f.str(k).str(v);
         }
@@ -99,20 +93,13 @@ impl CommitRequest {
 
 impl ReleaseRequest {
     pub fn fingerprint(&self) -> u64 {
-        Fingerprint::default()
-            .str("release")
-            .str(&self.reservation_id)
-            .finish()
+        Fingerprint::default().str("release").str(&self.reservation_id).finish()
     }
 }
 
 impl ExtendRequest {
     pub fn fingerprint(&self) -> u64 {
-        Fingerprint::default()
-            .str("extend")
-            .str(&self.reservation_id)
-            .num(self.ttl.as_millis() as u64)
-            .finish()
+        Fingerprint::default().str("extend").str(&self.reservation_id).num(self.ttl.as_millis() as u64).finish()
     }
 }
 

@@ -35,12 +35,8 @@ pub struct BalanceView {
 impl BalanceView {
     pub fn of(account: &Account, now: Now) -> BalanceView {
         let usable = || account.grants.iter().filter(|g| g.is_usable(now.wall));
-        let remaining = |free: bool| {
-            usable()
-                .filter(|g| g.kind.is_free() == free)
-                .map(|g| g.remaining)
-                .sum::<Decimal>()
-        };
+        let remaining =
+            |free: bool| usable().filter(|g| g.kind.is_free() == free).map(|g| g.remaining).sum::<Decimal>();
         BalanceView {
             account_id: account.id.clone(),
             balance: account.balance(now.wall),

@@ -74,24 +74,12 @@ impl Journal {
         options: JournalOptions,
     ) -> (Journal, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
-        let writer = Writer {
-            store,
-            clock,
-            idempotency,
-            rx,
-            options: options.clone(),
-        };
+        let writer = Writer { store, clock, idempotency, rx, options: options.clone() };
         let handle = std::thread::Builder::new()
             .name("creditd-journal".into())
             .spawn(move || writer.run())
             .expect("spawn journal thread");
-        (
-            Journal {
-                tx,
-                durability: options.durability,
-            },
-            handle,
-        )
+        (Journal { tx, durability: options.durability }, handle)
     }
 
     /// Queues `cell` for the next write, unless it is queued already. Called under the
@@ -112,11 +100,7 @@ impl Journal {
         audit: Option<AuditRecord>,
     ) -> oneshot::Receiver<Result<(), StoreError>> {
         let (waiter, done) = oneshot::channel();
-        let _ = self.tx.send(Msg::Global {
-            price_book,
-            audit,
-            waiter: Some(waiter),
-        });
+        let _ = self.tx.send(Msg::Global { price_book, audit, waiter: Some(waiter) });
         done
     }
 
@@ -129,21 +113,15 @@ impl Journal {
     /// data directory). Later changes are answered UNAVAILABLE.
     pub async fn stop(&self) -> Result<(), StoreError> {
         let (waiter, done) = oneshot::channel();
-        self.tx
-            .send(Msg::Stop(waiter))
-            .map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?;
-        done.await
-            .map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?
+        self.tx.send(Msg::Stop(waiter)).map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?;
+        done.await.map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?
     }
 
     /// Resolves when everything queued before it is durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (waiter, done) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(waiter))
-            .map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?;
-        done.await
-            .map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?
+        self.tx.send(Msg::Flush(waiter)).map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?;
+        done.await.map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?
     }
 }
 
@@ -202,11 +180,7 @@ impl Writer {
                 drop(slot);
                 round.cells.push(cell);
             }
-            Msg::Global {
-                price_book,
-                audit,
-                waiter,
-            } => {
+            Msg::Global { price_book, audit, waiter } => {
                 if price_book.is_some() {
                     round.batch.price_book = price_book;
                 }
@@ -225,11 +199,7 @@ impl Writer {
     }
 
     fn write(&mut self, round: Round) {
-        let result = if round.batch.is_empty() {
-            Ok(())
-        } else {
-            self.store.write(&round.batch)
-        };
+        let result = if round.batch.is_empty() { Ok(()) } else { self.store.write(&round.batch) };
         match result {
             Ok(()) => {
                 for p in round.pending {

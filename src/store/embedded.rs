@@ -46,15 +46,10 @@ impl From<serde_json::Error> for StoreError {
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir`, locking it for this process.
     pub fn open(dir: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Failed(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let lock = File::create(dir.join("LOCK")).map_err(|e| {
-            StoreError::Failed(format!("cannot create {}/LOCK: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Failed(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let lock = File::create(dir.join("LOCK"))
+            .map_err(|e| StoreError::Failed(format!("cannot create {}/LOCK: {e}", dir.display())))?;
         if !lock.try_lock_exclusive().unwrap_or(false) {
             return Err(StoreError::Locked(format!(
                 "data directory {} is in use by another creditd process; stop it or pass a different --data-dir",
@@ -68,14 +63,9 @@ impl EmbeddedStore {
 
     /// A second, read-only connection for lookups off the writer thread (WAL allows it).
     pub fn reader(dir: &Path) -> Result<EmbeddedReader, StoreError> {
-        let conn = Connection::open_with_flags(
-            dir.join(DB_FILE),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
+        let conn = Connection::open_with_flags(dir.join(DB_FILE), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(EmbeddedReader {
-            conn: std::sync::Mutex::new(conn),
-        })
+        Ok(EmbeddedReader { conn: std::sync::Mutex::new(conn) })
     }
 
     pub fn path(dir: &Path) -> PathBuf {
@@ -100,8 +90,7 @@ fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreErr
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let applied: usize =
-        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
     if applied > MIGRATIONS.len() {
         return Err(StoreError::Corrupt(format!(
             "the data directory was written by a newer creditd (schema {applied}, this build knows {})",
@@ -183,14 +172,8 @@ impl Store for EmbeddedStore {
     }
 
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError> {
-        let state: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT state FROM accounts WHERE id = ?1",
-                [account_id],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let state: Option<String> =
+            self.conn.query_row("SELECT state FROM accounts WHERE id = ?1", [account_id], |r| r.get(0)).optional()?;
         Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
     }
 
@@ -208,31 +191,19 @@ impl Store for EmbeddedStore {
         for row in rows {
             out.idempotency.push(row?);
         }
-        let book: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'price_book'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let book: Option<String> =
+            self.conn.query_row("SELECT value FROM settings WHERE key = 'price_book'", [], |r| r.get(0)).optional()?;
         if let Some(book) = book {
             out.price_book = serde_json::from_str(&book)?;
         }
-        let last_entry: Option<String> = self
-            .conn
-            .query_row("SELECT max(entry_id) FROM journal", [], |r| r.get(0))
-            .optional()?
-            .flatten();
+        let last_entry: Option<String> =
+            self.conn.query_row("SELECT max(entry_id) FROM journal", [], |r| r.get(0)).optional()?.flatten();
         out.id_floor = last_entry.as_deref().and_then(id_number).unwrap_or(0);
         Ok(out)
     }
 
     fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
-            "DELETE FROM requests WHERE created_ms < ?1",
-            [before_ms as i64],
-        )?)
+        Ok(self.conn.execute("DELETE FROM requests WHERE created_ms < ?1", [before_ms as i64])?)
     }
 }
 
@@ -243,10 +214,7 @@ pub struct EmbeddedReader {
 
 impl super::RequestLookup for EmbeddedReader {
     fn find_request(&self, request_id: &str) -> Result<Option<IdemRow>, StoreError> {
-        find_request(
-            &self.conn.lock().unwrap_or_else(|p| p.into_inner()),
-            request_id,
-        )
+        find_request(&self.conn.lock().unwrap_or_else(|p| p.into_inner()), request_id)
     }
 }
 

@@ -41,10 +41,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty()
-            && self.entries.is_empty()
-            && self.audit.is_empty()
-            && self.price_book.is_none()
+        self.accounts.is_empty() && self.entries.is_empty() && self.audit.is_empty() && self.price_book.is_none()
     }
 }
 

@@ -5,7 +5,9 @@ use creditd::proto::v1 as pb;
 
 fn audit_rows(s: &TestServer) -> Vec<(String, String, String, String, String)> {
     let conn = rusqlite::Connection::open(creditd::store::embedded::EmbeddedStore::path(&s.data_dir)).unwrap();
-    let mut stmt = conn.prepare("SELECT actor, operation, account_id, before_json, after_json FROM audit_log ORDER BY id").unwrap();
+    let mut stmt = conn
+        .prepare("SELECT actor, operation, account_id, before_json, after_json FROM audit_log ORDER BY id")
+        .unwrap();
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).unwrap();
     rows.map(Result::unwrap).collect()
 }
@@ -25,7 +27,11 @@ async fn accounts_are_created_once_and_read_back() {
     assert_eq!((a.display_name.as_str(), a.precision, a.credit_currency.as_str()), ("Acme Corp", 2, "EUR"));
     // The same request again is a replay; another create of the same id is refused.
     assert_eq!(s.admin().create_account(create.clone()).await.unwrap().into_inner().account_id, "acme");
-    let dup = s.admin().create_account(pb::CreateAccountRequest { request_id: "create-2".into(), ..create }).await.unwrap_err();
+    let dup = s
+        .admin()
+        .create_account(pb::CreateAccountRequest { request_id: "create-2".into(), ..create })
+        .await
+        .unwrap_err();
     assert_eq!(dup.code(), tonic::Code::AlreadyExists);
     let got = s.admin().get_account(pb::GetAccountRequest { account_id: "acme".into() }).await.unwrap().into_inner();
     assert_eq!(got, a);
@@ -109,7 +115,12 @@ async fn revoking_takes_back_what_is_left_but_not_what_is_held() {
     s.price("op", "1", 1).await;
     assert!(allowed(&s.deduct("acme", "op", 2).await));
     let hold = s.reserve("acme", "op", 3, 60).await;
-    let revoke = pb::RevokeGrantRequest { request_id: rid(), account_id: "acme".into(), grant_id: g.grant_id.clone(), reason: "chargeback".into() };
+    let revoke = pb::RevokeGrantRequest {
+        request_id: rid(),
+        account_id: "acme".into(),
+        grant_id: g.grant_id.clone(),
+        reason: "chargeback".into(),
+    };
     let r = s.admin().revoke_grant(revoke.clone()).await.unwrap().into_inner();
     assert_eq!((r.credits_revoked.as_str(), r.balance.as_str()), ("5", "0"));
     assert!(r.grant.unwrap().revoked);
@@ -119,7 +130,12 @@ async fn revoking_takes_back_what_is_left_but_not_what_is_held() {
     assert!(s.admin().revoke_grant(revoke).await.unwrap().into_inner().replayed);
     let again = s
         .admin()
-        .revoke_grant(pb::RevokeGrantRequest { request_id: rid(), account_id: "acme".into(), grant_id: g.grant_id, reason: String::new() })
+        .revoke_grant(pb::RevokeGrantRequest {
+            request_id: rid(),
+            account_id: "acme".into(),
+            grant_id: g.grant_id,
+            reason: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::NotFound, "nothing is left of it");
@@ -133,7 +149,11 @@ async fn limits_are_validated_as_a_whole_and_replaced() {
         .admin()
         .set_limits(pb::SetLimitsRequest {
             account_id: "acme".into(),
-            limits: Some(pb::Limits { spending_cap: "100".into(), alert_threshold: "150".into(), ..Default::default() }),
+            limits: Some(pb::Limits {
+                spending_cap: "100".into(),
+                alert_threshold: "150".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await
@@ -164,7 +184,12 @@ async fn prices_are_versioned_with_per_account_overrides() {
         .admin()
         .upsert_prices(pb::UpsertPricesRequest {
             account_id: "acme".into(),
-            entries: vec![pb::PriceEntry { action: "image".into(), unit_size: 1, credits_per_unit: "1.5".into(), ..Default::default() }],
+            entries: vec![pb::PriceEntry {
+                action: "image".into(),
+                unit_size: 1,
+                credits_per_unit: "1.5".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         })
         .await
@@ -175,7 +200,8 @@ async fn prices_are_versioned_with_per_account_overrides() {
     let r = s.deduct("acme", "image", 2).await;
     assert_eq!((r.credits_charged.as_str(), r.price_version), ("3", 2));
     assert_eq!(s.deduct("other", "image", 2).await.credits_charged, "4");
-    let acme_view = s.admin().list_prices(pb::ListPricesRequest { account_id: "acme".into() }).await.unwrap().into_inner();
+    let acme_view =
+        s.admin().list_prices(pb::ListPricesRequest { account_id: "acme".into() }).await.unwrap().into_inner();
     assert_eq!(acme_view.entries[0].credits_per_unit, "1.5");
     let global = s.admin().list_prices(pb::ListPricesRequest::default()).await.unwrap().into_inner();
     assert_eq!((global.version, global.entries[0].credits_per_unit.as_str()), (2, "2"));
@@ -183,7 +209,11 @@ async fn prices_are_versioned_with_per_account_overrides() {
         .upsert_prices(pb::UpsertPricesRequest { remove_actions: vec!["image".into()], ..Default::default() })
         .await
         .unwrap();
-    assert_eq!(denial(&s.deduct("other", "image", 1).await), pb::DenialReason::UnknownAction, "a removed action is never free");
+    assert_eq!(
+        denial(&s.deduct("other", "image", 1).await),
+        pb::DenialReason::UnknownAction,
+        "a removed action is never free"
+    );
     assert!(allowed(&s.deduct("acme", "image", 1).await), "the override stays");
 }
 
@@ -203,7 +233,10 @@ async fn every_admin_change_is_audited_with_who_before_and_after() {
     s.running.as_ref().unwrap().engine.flush().await.unwrap();
     let rows = audit_rows(&s);
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].0.as_str(), rows[0].1.as_str(), rows[0].2.as_str(), rows[0].3.as_str()), ("alice@billing", "CreateAccount", "acme", "null"));
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str(), rows[0].2.as_str(), rows[0].3.as_str()),
+        ("alice@billing", "CreateAccount", "acme", "null")
+    );
     assert_eq!((rows[1].0.as_str(), rows[1].1.as_str()), ("bob@support", "SetLimits"));
     let before: serde_json::Value = serde_json::from_str(&rows[1].3).unwrap();
     let after: serde_json::Value = serde_json::from_str(&rows[1].4).unwrap();

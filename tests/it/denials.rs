@@ -69,7 +69,11 @@ async fn meters_name_the_meter_that_is_full() {
     s.set_limits(
         "acme",
         pb::Limits {
-            meters: vec![pb::MeterLimit { name: "ai_tokens".into(), kind: pb::MeterKind::CycleCounter as i32, limit: 2500 }],
+            meters: vec![pb::MeterLimit {
+                name: "ai_tokens".into(),
+                kind: pb::MeterKind::CycleCounter as i32,
+                limit: 2500,
+            }],
             ..Default::default()
         },
     )

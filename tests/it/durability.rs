@@ -16,7 +16,12 @@ async fn a_restart_keeps_balances_holds_answers_and_audit_records() {
     s.admin()
         .create_account(pb::CreateAccountRequest {
             account_id: "acme".into(),
-            plan: Some(pb::Plan { name: "pro".into(), credits_per_cycle: "100".into(), cycle_anchor_day: 1, ..Default::default() }),
+            plan: Some(pb::Plan {
+                name: "pro".into(),
+                credits_per_cycle: "100".into(),
+                cycle_anchor_day: 1,
+                ..Default::default()
+            }),
             limits: Some(pb::Limits { spending_cap: "80".into(), ..Default::default() }),
             ..Default::default()
         })
@@ -117,7 +122,12 @@ async fn kill_9_under_load_loses_no_acknowledged_deduction_and_charges_none_twic
         .unwrap();
     admin
         .upsert_prices(pb::UpsertPricesRequest {
-            entries: vec![pb::PriceEntry { action: "op".into(), unit_size: 1, credits_per_unit: "0.5".into(), ..Default::default() }],
+            entries: vec![pb::PriceEntry {
+                action: "op".into(),
+                unit_size: 1,
+                credits_per_unit: "0.5".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         })
         .await
@@ -166,7 +176,8 @@ async fn kill_9_under_load_loses_no_acknowledged_deduction_and_charges_none_twic
         assert!(allowed(&m.check_and_deduct(req.clone()).await.unwrap().into_inner()));
     }
     let units: u64 = attempted.iter().map(|r| r.quantity).sum();
-    let expected = rust_decimal::Decimal::from(1_000_000) - rust_decimal::Decimal::from(units) / rust_decimal::Decimal::from(2);
+    let expected =
+        rust_decimal::Decimal::from(1_000_000) - rust_decimal::Decimal::from(units) / rust_decimal::Decimal::from(2);
     let b = m.get_balance(pb::GetBalanceRequest { account_id: "acme".into() }).await.unwrap().into_inner();
     assert_eq!(b.balance, expected.normalize().to_string());
     assert_eq!(
@@ -192,7 +203,10 @@ impl creditd::store::Store for FlakyStore {
         }
         self.inner.write(batch)
     }
-    fn load_account(&mut self, id: &str) -> Result<Option<creditd::domain::account::Account>, creditd::store::StoreError> {
+    fn load_account(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<creditd::domain::account::Account>, creditd::store::StoreError> {
         self.inner.load_account(id)
     }
     fn recover(&mut self, since_ms: u64) -> Result<creditd::store::Recovered, creditd::store::StoreError> {
@@ -212,7 +226,8 @@ async fn a_failed_write_answers_unavailable_charges_nothing_and_a_retry_charges_
     use std::sync::atomic::Ordering;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut inner = creditd::store::embedded::EmbeddedStore::open(dir.path(), creditd::store::embedded::Synchronous::Full).unwrap();
+    let mut inner =
+        creditd::store::embedded::EmbeddedStore::open(dir.path(), creditd::store::embedded::Synchronous::Full).unwrap();
     let recovered = inner.recover(0).unwrap();
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clock = Arc::new(creditd::engine::clock::ManualClock::new(t0()));
@@ -278,7 +293,14 @@ async fn a_failed_write_answers_unavailable_charges_nothing_and_a_retry_charges_
         .unwrap();
     let ask = |id: &str, q: u64| DeductRequest {
         request_id: Some(id.into()),
-        target: SpendTarget { account_id: "acme".into(), user_id: None, workspace_id: None, action: "op".into(), quantity: q, metadata: Default::default() },
+        target: SpendTarget {
+            account_id: "acme".into(),
+            user_id: None,
+            workspace_id: None,
+            action: "op".into(),
+            quantity: q,
+            metadata: Default::default(),
+        },
         dry_run: false,
     };
 

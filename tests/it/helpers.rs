@@ -57,7 +57,12 @@ impl TestServer {
         Self::boot(config, clock, Some(dir), data_dir).await
     }
 
-    async fn boot(config: Config, clock: Arc<ManualClock>, dir: Option<tempfile::TempDir>, data_dir: PathBuf) -> TestServer {
+    async fn boot(
+        config: Config,
+        clock: Arc<ManualClock>,
+        dir: Option<tempfile::TempDir>,
+        data_dir: PathBuf,
+    ) -> TestServer {
         let running = app::start(&config, clock.clone()).await.expect("server starts");
         let channel = Channel::from_shared(format!("http://{}", running.addr)).unwrap().connect().await.unwrap();
         TestServer { running: Some(running), clock, config, _dir: dir, data_dir, channel }
@@ -141,7 +146,10 @@ impl TestServer {
         self.deduct_req(deduct_request(id, action, quantity)).await.unwrap()
     }
 
-    pub async fn deduct_req(&self, req: pb::CheckAndDeductRequest) -> Result<pb::CheckAndDeductResponse, tonic::Status> {
+    pub async fn deduct_req(
+        &self,
+        req: pb::CheckAndDeductRequest,
+    ) -> Result<pb::CheckAndDeductResponse, tonic::Status> {
         self.metering().check_and_deduct(req).await.map(|r| r.into_inner())
     }
 
@@ -164,7 +172,12 @@ impl TestServer {
             .into_inner()
     }
 
-    pub async fn commit(&self, reservation_id: &str, quantity: u64, is_final: bool) -> Result<pb::CommitResponse, tonic::Status> {
+    pub async fn commit(
+        &self,
+        reservation_id: &str,
+        quantity: u64,
+        is_final: bool,
+    ) -> Result<pb::CommitResponse, tonic::Status> {
         self.metering()
             .commit(pb::CommitRequest {
                 request_id: rid(),

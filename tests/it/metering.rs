@@ -79,19 +79,11 @@ async fn batch_answers_each_item_on_its_own() {
     let mut items: Vec<pb::CheckAndDeductRequest> = (0..5).map(|_| deduct_request("a", "op", 1)).collect();
     items.push(deduct_request("b", "op", 50));
     items.push(deduct_request("missing", "op", 1));
-    let r = s
-        .metering()
-        .batch_check_and_deduct(pb::BatchCheckAndDeductRequest { items })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = s.metering().batch_check_and_deduct(pb::BatchCheckAndDeductRequest { items }).await.unwrap().into_inner();
     let decisions: Vec<i32> = r.results.iter().map(|x| x.response.as_ref().unwrap().decision).collect();
     let (ok, no) = (pb::Decision::Allowed as i32, pb::Decision::Denied as i32);
     assert_eq!(decisions, vec![ok, ok, ok, no, no, ok, no]);
-    assert_eq!(
-        r.results[6].response.as_ref().unwrap().denial_reason,
-        pb::DenialReason::AccountNotFound as i32
-    );
+    assert_eq!(r.results[6].response.as_ref().unwrap().denial_reason, pb::DenialReason::AccountNotFound as i32);
     assert_eq!(s.balance("a").await.balance, "0");
     assert_eq!(s.balance("b").await.balance, "50");
 }
@@ -102,7 +94,12 @@ async fn get_balance_reports_grants_holds_limits_and_meters() {
     s.admin()
         .create_account(pb::CreateAccountRequest {
             account_id: "acme".into(),
-            plan: Some(pb::Plan { name: "pro".into(), credits_per_cycle: "1000".into(), cycle_anchor_day: 1, ..Default::default() }),
+            plan: Some(pb::Plan {
+                name: "pro".into(),
+                credits_per_cycle: "1000".into(),
+                cycle_anchor_day: 1,
+                ..Default::default()
+            }),
             limits: Some(pb::Limits {
                 spending_cap: "500".into(),
                 alert_threshold: "400".into(),
@@ -136,8 +133,14 @@ async fn get_balance_reports_grants_holds_limits_and_meters() {
     assert_eq!(b.holds[0].reservation_id, hold.reservation_id);
     assert_eq!(b.meters.len(), 1);
     assert_eq!((b.meters[0].used, b.meters[0].limit), (2, 10));
-    assert_eq!(b.cycle_start.unwrap().seconds, "2026-11-01T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap().timestamp());
-    assert_eq!(b.cycle_end.unwrap().seconds, "2026-12-01T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap().timestamp());
+    assert_eq!(
+        b.cycle_start.unwrap().seconds,
+        "2026-11-01T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap().timestamp()
+    );
+    assert_eq!(
+        b.cycle_end.unwrap().seconds,
+        "2026-12-01T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap().timestamp()
+    );
 }
 
 #[tokio::test]
@@ -176,20 +179,24 @@ async fn health_and_reflection_are_served() {
     let s = TestServer::start().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel());
     for service in ["creditd.v1.Metering", "creditd.v1.Admin", "creditd.v1.Reporting"] {
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
-            .await
-            .unwrap()
-            .into_inner();
+        let r =
+            health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}");
     }
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+    use tonic_reflection::pb::v1::{
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest,
+    };
     let mut reflection = ServerReflectionClient::new(s.channel());
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut stream = reflection.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
     let reply = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else { panic!("unexpected {reply:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected {reply:?}")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for want in ["creditd.v1.Metering", "creditd.v1.Admin", "creditd.v1.Reporting", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");

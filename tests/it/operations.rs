@@ -19,8 +19,33 @@ fn cli(server: &TestServer, args: &[&str]) -> (bool, String, String) {
 async fn the_command_line_walkthrough_works() {
     let s = TestServer::start().await;
     let steps: &[&[&str]] = &[
-        &["account", "create", "acme", "--name", "Acme", "--plan", "pro", "--plan-credits", "1000", "--spending-cap", "5000"],
-        &["price", "set", "chat.gpt-4o", "0.003", "--unit-size", "1000", "--unit-name", "1k_tokens", "--category", "chat", "--meter", "ai_tokens"],
+        &[
+            "account",
+            "create",
+            "acme",
+            "--name",
+            "Acme",
+            "--plan",
+            "pro",
+            "--plan-credits",
+            "1000",
+            "--spending-cap",
+            "5000",
+        ],
+        &[
+            "price",
+            "set",
+            "chat.gpt-4o",
+            "0.003",
+            "--unit-size",
+            "1000",
+            "--unit-name",
+            "1k_tokens",
+            "--category",
+            "chat",
+            "--meter",
+            "ai_tokens",
+        ],
         &["grant", "acme", "500", "--paid", "20.00 EUR", "--reference", "inv-1001"],
         &["limits", "acme", "--spending-cap", "5000", "--alert", "4000", "--meter", "ai_tokens:counter:200000000"],
     ];
@@ -105,7 +130,12 @@ async fn the_cycle_sweep_renews_idle_accounts() {
     s.admin()
         .create_account(pb::CreateAccountRequest {
             account_id: "idle".into(),
-            plan: Some(pb::Plan { name: "free".into(), credits_per_cycle: "10".into(), cycle_anchor_day: 1, ..Default::default() }),
+            plan: Some(pb::Plan {
+                name: "free".into(),
+                credits_per_cycle: "10".into(),
+                cycle_anchor_day: 1,
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await
@@ -115,7 +145,11 @@ async fn the_cycle_sweep_renews_idle_accounts() {
     for _ in 0..300 {
         let conn = rusqlite::Connection::open(&db).unwrap();
         let renewed: i64 = conn
-            .query_row("SELECT count(*) FROM journal WHERE json_extract(body, '$.metadata.reason') = 'plan_renewed'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM journal WHERE json_extract(body, '$.metadata.reason') = 'plan_renewed'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         if renewed == 2 {
             return;

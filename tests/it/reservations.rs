@@ -7,7 +7,11 @@ use std::time::Duration;
 async fn server(credits: &str, policy: pb::OveragePolicy) -> TestServer {
     let s = TestServer::start().await;
     s.admin()
-        .create_account(pb::CreateAccountRequest { account_id: "acme".into(), overage_policy: policy as i32, ..Default::default() })
+        .create_account(pb::CreateAccountRequest {
+            account_id: "acme".into(),
+            overage_policy: policy as i32,
+            ..Default::default()
+        })
         .await
         .unwrap();
     if credits != "0" {
@@ -141,7 +145,8 @@ async fn the_sweeper_expires_holds_of_idle_accounts() {
     let db = creditd::store::embedded::EmbeddedStore::path(&s.data_dir);
     for _ in 0..300 {
         let conn = rusqlite::Connection::open(&db).unwrap();
-        let expired: i64 = conn.query_row("SELECT count(*) FROM journal WHERE kind = 'expire_hold'", [], |r| r.get(0)).unwrap();
+        let expired: i64 =
+            conn.query_row("SELECT count(*) FROM journal WHERE kind = 'expire_hold'", [], |r| r.get(0)).unwrap();
         if expired == 1 {
             return;
         }
@@ -171,19 +176,25 @@ async fn gauge_meters_are_held_until_the_hold_resolves() {
     let s = server("1000", pb::OveragePolicy::RecordShortfall).await;
     s.set_limits(
         "acme",
-        pb::Limits { meters: vec![pb::MeterLimit { name: "seats".into(), kind: pb::MeterKind::Gauge as i32, limit: 3 }], ..Default::default() },
+        pb::Limits {
+            meters: vec![pb::MeterLimit { name: "seats".into(), kind: pb::MeterKind::Gauge as i32, limit: 3 }],
+            ..Default::default()
+        },
     )
     .await;
-    s.price_entry(pb::PriceEntry { action: "seat".into(), unit_size: 1, credits_per_unit: "1".into(), meter: "seats".into(), ..Default::default() })
-        .await;
+    s.price_entry(pb::PriceEntry {
+        action: "seat".into(),
+        unit_size: 1,
+        credits_per_unit: "1".into(),
+        meter: "seats".into(),
+        ..Default::default()
+    })
+    .await;
     let a = s.reserve("acme", "seat", 2, 600).await;
     assert_eq!(a.decision, pb::Decision::Allowed as i32);
     let b = s.reserve("acme", "seat", 2, 600).await;
     assert_eq!(b.denial_reason, pb::DenialReason::MeterLimitReached as i32);
     assert_eq!(b.denied_meter, "seats");
-    s.metering()
-        .release(pb::ReleaseRequest { request_id: rid(), reservation_id: a.reservation_id })
-        .await
-        .unwrap();
+    s.metering().release(pb::ReleaseRequest { request_id: rid(), reservation_id: a.reservation_id }).await.unwrap();
     assert_eq!(s.reserve("acme", "seat", 3, 600).await.decision, pb::Decision::Allowed as i32);
 }

@@ -6,7 +6,13 @@ use creditd::proto::v1 as pb;
 use std::time::Duration;
 
 fn plan(credits: &str, rollover_cap: &str) -> pb::Plan {
-    pb::Plan { name: "pro".into(), credits_per_cycle: credits.into(), cycle_anchor_day: 1, rollover_cap: rollover_cap.into(), price: None }
+    pb::Plan {
+        name: "pro".into(),
+        credits_per_cycle: credits.into(),
+        cycle_anchor_day: 1,
+        rollover_cap: rollover_cap.into(),
+        price: None,
+    }
 }
 
 async fn server_with_plan(status: pb::SubscriptionStatus) -> TestServer {
@@ -35,15 +41,22 @@ async fn the_plan_renews_and_unused_credits_expire_beyond_the_rollover_cap() {
     s.grant("acme", pb::GrantKind::Purchase, "50").await;
     assert!(allowed(&s.deduct("acme", "op", 300).await));
     let before = s.balance("acme").await;
-    assert_eq!((before.balance.as_str(), before.free_remaining.as_str(), before.cycle_spend.as_str()), ("750", "700", "300"));
+    assert_eq!(
+        (before.balance.as_str(), before.free_remaining.as_str(), before.cycle_spend.as_str()),
+        ("750", "700", "300")
+    );
 
     s.advance(until_next_month());
     let b = s.balance("acme").await;
-    assert_eq!(b.cycle_start.unwrap().seconds, "2026-12-01T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap().timestamp());
+    assert_eq!(
+        b.cycle_start.unwrap().seconds,
+        "2026-12-01T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap().timestamp()
+    );
     assert_eq!(b.cycle_spend, "0", "cycle spend resets");
     // 1000 new + 100 carried (700 unused, cap 100) + 50 purchased.
     assert_eq!((b.balance.as_str(), b.free_remaining.as_str(), b.purchased_remaining.as_str()), ("1150", "1100", "50"));
-    let plan_grants: Vec<&pb::GrantBalance> = b.grants.iter().filter(|g| g.kind == pb::GrantKind::Plan as i32).collect();
+    let plan_grants: Vec<&pb::GrantBalance> =
+        b.grants.iter().filter(|g| g.kind == pb::GrantKind::Plan as i32).collect();
     assert_eq!(plan_grants.len(), 2);
     let jan = "2027-01-01T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap().timestamp();
     assert!(plan_grants.iter().all(|g| g.expires_at.unwrap().seconds == jan), "both expire at the next reset");
@@ -75,7 +88,11 @@ async fn a_cancelled_subscription_does_not_renew_but_purchases_stay() {
         .unwrap();
     s.advance(until_next_month());
     let b = s.balance("acme").await;
-    assert_eq!((b.balance.as_str(), b.free_remaining.as_str()), ("150", "100"), "only the carried 100 and the purchase remain");
+    assert_eq!(
+        (b.balance.as_str(), b.free_remaining.as_str()),
+        ("150", "100"),
+        "only the carried 100 and the purchase remain"
+    );
     let a = s.admin().get_account(pb::GetAccountRequest { account_id: "acme".into() }).await.unwrap().into_inner();
     assert_eq!(a.subscription_status, pb::SubscriptionStatus::Expired as i32);
 }
