@@ -67,14 +67,11 @@ impl Engine {
         let fingerprint = req.fingerprint();
         if let Some(k) = &key {
             if let Some(seen) = self.seen(k, fingerprint)? {
-                return replay(
-                    &seen,
-                    |o| matches!(o, Outcome::Deduct(_)),
-                    |o| match o {
-                        Outcome::Deduct(d) => d.clone(),
-                        _ => unreachable!(),
-                    },
-                );
+                let narrowed = expect_outcome(replayed(&seen), |o| match o {
+                    Outcome::Deduct(d) => Some(d),
+                    _ => None,
+                });
+                return narrowed.map(|answer| (None, answer));
             }
         }
         let now = self.clock.now();
@@ -106,8 +103,8 @@ impl Engine {
             price_version: book.version,
         };
         if req.dry_run {
-            let durable = self.record(&cell, &mut slot, Change::maintenance(entries));
-            drop(durable); // nothing was asked of the store on the caller's behalf
+            // Housekeeping found on the way is kept; the dry run itself waits for nothing.
+            self.record(&cell, &mut slot, Change::maintenance(entries));
             return Ok((None, fresh(outcome)));
         }
         entry.kind = if denial.is_some() { EntryKind::Denied } else { EntryKind::Deduct };
@@ -135,15 +132,10 @@ impl Engine {
             }
             let fingerprint = req.fingerprint();
             if let Some(seen) = self.seen(&key, fingerprint)? {
-                return replay(
-                    &seen,
-                    |o| matches!(o, Outcome::Reserve(_)),
-                    |o| match o {
-                        Outcome::Reserve(r) => r.clone(),
-                        _ => unreachable!(),
-                    },
-                )
-                .map(|(_, a)| a);
+                return expect_outcome(replayed(&seen), |o| match o {
+                    Outcome::Reserve(r) => Some(r),
+                    _ => None,
+                });
             }
             let now = self.clock.now();
             let price = book.lookup(&t.account_id, &t.action).cloned();
@@ -323,7 +315,7 @@ impl Engine {
         let (durable, answer) = {
             let mut slot = cell.lock();
             if let Some(seen) = self.seen(&key, fingerprint)? {
-                return Ok(Answer { outcome: (*seen).clone(), replayed: true });
+                return Ok(replayed(&seen));
             }
             let now = self.clock.now();
             let mut entries = slot.account.advance(now, &self.ids);
@@ -405,15 +397,9 @@ fn fresh<T>(outcome: T) -> Answer<T> {
     Answer { outcome, replayed: false }
 }
 
-fn replay<T>(
-    seen: &Outcome,
-    is_kind: impl Fn(&Outcome) -> bool,
-    extract: impl Fn(&Outcome) -> T,
-) -> Result<(Durable, Answer<T>), Error> {
-    if !is_kind(seen) {
-        return Err(Error::AlreadyExists("request_id was already used for a different operation".into()));
-    }
-    Ok((None, Answer { outcome: extract(seen), replayed: true }))
+/// The stored answer to an earlier call, flagged as a replay.
+fn replayed(seen: &Outcome) -> Answer<Outcome> {
+    Answer { outcome: seen.clone(), replayed: true }
 }
 
 fn deduct_not_found() -> DeductOutcome {
