@@ -134,11 +134,13 @@ async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, config: C
         .build_v1alpha()
         .expect("reflection v1alpha");
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Our own listener (bound before start returns, so the address is known); TCP_NODELAY
+    // must be set here: the builder's `tcp_nodelay` applies only to listeners tonic binds,
+    // and without it small answers wait out the peer's 40 ms delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(config.server.request_timeout_ms))
         .max_concurrent_streams(config.server.max_concurrent_streams)
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
