@@ -8,17 +8,16 @@ CREATE TABLE accounts (
     updated_ms  INTEGER NOT NULL
 );
 
--- Every ledger entry, in commit order. `flushed_seq` in settings tracks what the
--- accounting store has received.
+-- Every ledger entry, keyed by the numeric part of its time-ordered id. Written once per
+-- change in the group commit; per-account queries are the accounting store's job, so no
+-- secondary index slows the hot path here.
 CREATE TABLE journal (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    entry_id    TEXT NOT NULL UNIQUE,
+    id          INTEGER PRIMARY KEY,
     account_id  TEXT NOT NULL,
     kind        TEXT NOT NULL,
     occurred_ms INTEGER NOT NULL,
     body        TEXT NOT NULL
 );
-CREATE INDEX journal_by_account ON journal (account_id, entry_id);
 
 -- Answered request ids (idempotency), kept for the configured retention.
 CREATE TABLE requests (

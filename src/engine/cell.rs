@@ -5,11 +5,12 @@
 //! takes them together with a snapshot of the state they produced, so the store always
 //! receives a state and exactly the records that led to it.
 
+use super::outcome::Outcome;
 use crate::domain::account::Account;
 use crate::domain::audit::AuditRecord;
 use crate::domain::ledger::LedgerEntry;
 use crate::store::{IdemRow, StoreError};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 pub type Waiter = oneshot::Sender<Result<(), StoreError>>;
@@ -19,8 +20,29 @@ pub type Waiter = oneshot::Sender<Result<(), StoreError>>;
 pub struct Pending {
     pub entries: Vec<LedgerEntry>,
     pub audit: Option<AuditRecord>,
-    pub idem: Option<IdemRow>,
+    pub answer: Option<PendingAnswer>,
     pub waiter: Option<Waiter>,
+}
+
+/// An answer to remember for its request id; the writer serializes it, off the hot path.
+#[derive(Debug)]
+pub struct PendingAnswer {
+    pub key: String,
+    pub fingerprint: u64,
+    pub outcome: Arc<Outcome>,
+    pub created_ms: u64,
+}
+
+impl PendingAnswer {
+    pub fn to_row(&self, account_id: &str) -> IdemRow {
+        IdemRow {
+            request_id: self.key.clone(),
+            account_id: account_id.to_string(),
+            fingerprint: self.fingerprint,
+            outcome_json: serde_json::to_string(self.outcome.as_ref()).expect("outcome serializes"),
+            created_ms: self.created_ms,
+        }
+    }
 }
 
 pub struct Slot {

@@ -23,7 +23,7 @@ use crate::domain::price::PriceBook;
 use crate::error::Error;
 use crate::journal::{Durability, Journal};
 use crate::store::{IdemRow, Recovered, RequestLookup, StoreError};
-use cell::{AccountCell, Pending, Slot};
+use cell::{AccountCell, Pending, PendingAnswer, Slot};
 use clock::Clock;
 use dashmap::DashMap;
 use idempotency::{IdemEntry, Idempotency, Seen};
@@ -169,24 +169,18 @@ impl Engine {
             return None;
         }
         let sync = self.journal.durability == Durability::Sync;
-        let idem = change.answer.map(|(key, fingerprint, outcome)| {
+        let answer = change.answer.map(|(key, fingerprint, outcome)| {
+            let outcome = Arc::new(outcome);
             let created_ms = self.clock.now().wall_ms();
-            let row = IdemRow {
-                request_id: key.clone(),
-                account_id: cell.id.clone(),
-                fingerprint,
-                outcome_json: serde_json::to_string(&outcome).expect("outcome serializes"),
-                created_ms,
-            };
             let entry = IdemEntry {
                 fingerprint,
                 account_id: cell.id.clone(),
-                outcome: Arc::new(outcome),
+                outcome: outcome.clone(),
                 durable: !sync,
                 created_ms,
             };
-            self.idempotency.insert(key, entry);
-            row
+            self.idempotency.insert(key.clone(), entry);
+            PendingAnswer { key, fingerprint, outcome, created_ms }
         });
         let (waiter, durable) = if sync && change.wait {
             let (tx, rx) = oneshot::channel();
@@ -194,7 +188,7 @@ impl Engine {
         } else {
             (None, None)
         };
-        slot.pending.push(Pending { entries: change.entries, audit: change.audit, idem, waiter });
+        slot.pending.push(Pending { entries: change.entries, audit: change.audit, answer, waiter });
         let mut queued = slot.queued;
         self.journal.queue(cell, &mut queued);
         slot.queued = queued;

@@ -167,17 +167,19 @@ impl Writer {
     fn take(&mut self, msg: Msg, round: &mut Round) {
         match msg {
             Msg::Account(cell) => {
+                // Under the lock: the state and exactly the changes that produced it.
                 let mut slot = cell.lock();
                 slot.queued = false;
                 let state = serde_json::to_string(&slot.account).expect("account state serializes");
+                let pending: Vec<Pending> = slot.pending.drain(..).collect();
+                drop(slot);
                 round.batch.accounts.push((cell.id.clone(), state));
-                for mut p in slot.pending.drain(..) {
+                for mut p in pending {
                     round.batch.entries.append(&mut p.entries);
                     round.batch.audit.extend(p.audit.take());
-                    round.batch.idempotency.extend(p.idem.clone());
+                    round.batch.idempotency.extend(p.answer.as_ref().map(|a| a.to_row(&cell.id)));
                     round.pending.push(p);
                 }
-                drop(slot);
                 round.cells.push(cell);
             }
             Msg::Global { price_book, audit, waiter } => {
@@ -203,8 +205,8 @@ impl Writer {
         match result {
             Ok(()) => {
                 for p in round.pending {
-                    if let Some(idem) = &p.idem {
-                        self.idempotency.mark_durable(&idem.request_id);
+                    if let Some(answer) = &p.answer {
+                        self.idempotency.mark_durable(&answer.key);
                     }
                     if let Some(w) = p.waiter {
                         let _ = w.send(Ok(()));
@@ -221,8 +223,8 @@ impl Writer {
                     failed.extend(self.reload(cell));
                 }
                 for p in failed {
-                    if let Some(idem) = &p.idem {
-                        self.idempotency.forget(&idem.request_id);
+                    if let Some(answer) = &p.answer {
+                        self.idempotency.forget(&answer.key);
                     }
                     if let Some(w) = p.waiter {
                         let _ = w.send(Err(e.clone()));

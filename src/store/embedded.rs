@@ -119,12 +119,13 @@ impl Store for EmbeddedStore {
                 put_account.execute(params![id, state, now_ms])?;
             }
             let mut put_entry = tx.prepare_cached(
-                "INSERT OR IGNORE INTO journal (entry_id, account_id, kind, occurred_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO journal (id, account_id, kind, occurred_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for e in &batch.entries {
+                let id = id_number(&e.id).ok_or_else(|| StoreError::Corrupt(format!("ledger entry id {:?}", e.id)))?;
                 let body = serde_json::to_string(e)?;
                 put_entry.execute(params![
-                    e.id,
+                    id as i64,
                     e.account_id,
                     e.kind.as_str(),
                     e.occurred_at.timestamp_millis(),
@@ -196,9 +197,8 @@ impl Store for EmbeddedStore {
         if let Some(book) = book {
             out.price_book = serde_json::from_str(&book)?;
         }
-        let last_entry: Option<String> =
-            self.conn.query_row("SELECT max(entry_id) FROM journal", [], |r| r.get(0)).optional()?.flatten();
-        out.id_floor = last_entry.as_deref().and_then(id_number).unwrap_or(0);
+        let last_entry: Option<i64> = self.conn.query_row("SELECT max(id) FROM journal", [], |r| r.get(0))?;
+        out.id_floor = last_entry.unwrap_or(0) as u64;
         Ok(out)
     }
 
