@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Builds in release mode, starts the bare baseline and creditd (embedded store, sync and
+# async durability), drives the same loads against each with creditd-load, and prints a
+# table: calls/s, items/s, p50/p99/p999 and the ratio to the baseline, closed loop (median
+# of RUNS runs) and open loop at 50% of each server's own maximum.
+#
+#   load-tests/run.sh                 # full run (about 10 minutes)
+#   QUICK=1 load-tests/run.sh         # 1 run of 3 s per cell, 10k accounts
+#
+# Environment: SERVER_CPU (0), LOAD_CPU (1), RUNS (3), DURATION (8), WARMUP (2),
+# ACCOUNTS (100000), SCENARIOS, TARGETS. Loopback only; every server is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+if [[ -n "${QUICK:-}" ]]; then RUNS=${RUNS:-1}; DURATION=${DURATION:-3}; WARMUP=${WARMUP:-1}; ACCOUNTS=${ACCOUNTS:-10000}; fi
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-8}
+WARMUP=${WARMUP:-2}
+ACCOUNTS=${ACCOUNTS:-100000}
+SCENARIOS=${SCENARIOS:-"deduct deduct-spread deny-mix reserve-commit batch100"}
+TARGETS=${TARGETS:-"baseline creditd-sync creditd-async"}
+
+cargo build --release --bins --quiet
+bin=target/release
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "server on port $1 did not start" >&2
+  exit 1
+}
+
+start() { # name port
+  case $1 in
+    baseline) taskset -c "$SERVER_CPU" "$bin/creditd-baseline" --listen "127.0.0.1:$2" 2>"$work/$1.log" & ;;
+    creditd-sync) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1" \
+      --durability sync --log-format json 2>"$work/$1.log" & ;;
+    creditd-async) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1" \
+      --durability async --log-format json 2>"$work/$1.log" & ;;
+    *) echo "unknown target $1" >&2; exit 1 ;;
+  esac
+  pids+=($!)
+  wait_port "$2"
+  if [[ $1 != baseline ]]; then
+    "$bin/creditd-load" setup --addr "127.0.0.1:$2" --accounts "$ACCOUNTS"
+  fi
+}
+
+results="$work/results.jsonl"
+run_id=1
+port=50160
+for target in $TARGETS; do
+  port=$((port + 1))
+  start "$target" "$port"
+  for scenario in $SCENARIOS; do
+    for run in $(seq 1 "$RUNS"); do
+      run_id=$((run_id + 1))
+      line=$(taskset -c "$LOAD_CPU" "$bin/creditd-load" run --addr "127.0.0.1:$port" --scenario "$scenario" \
+        --duration "$DURATION" --warmup "$WARMUP" --accounts "$ACCOUNTS" --run-id "$run_id" --json) || true
+      echo "{\"target\":\"$target\",\"mode\":\"closed\",\"run\":$run,\"result\":$line}" >>"$results"
+      echo "$target $scenario run $run: $line" >&2
+    done
+  done
+  # Open loop at half of this server's own median maximum for unary CheckAndDeduct.
+  max=$(python3 - "$results" "$target" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rates = [r["result"]["calls_per_s"] for r in rows if r["target"] == sys.argv[2] and r["mode"] == "closed" and r["result"]["scenario"] == "deduct"]
+print(int(statistics.median(rates)) if rates else 0)
+PY
+)
+  if [[ $max -gt 0 ]]; then
+    run_id=$((run_id + 1))
+    line=$(taskset -c "$LOAD_CPU" "$bin/creditd-load" run --addr "127.0.0.1:$port" --scenario deduct \
+      --connections 16 --streams 4 --rps $((max / 2)) --duration "$DURATION" --warmup "$WARMUP" \
+      --accounts "$ACCOUNTS" --run-id "$run_id" --json) || true
+    echo "{\"target\":\"$target\",\"mode\":\"open\",\"run\":1,\"result\":$line}" >>"$results"
+    echo "$target open loop at $((max / 2))/s: $line" >&2
+  fi
+  kill "${pids[-1]}" 2>/dev/null || true
+  wait "${pids[-1]}" 2>/dev/null || true
+done
+
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def median_run(target, scenario, mode):
+    runs = [r["result"] for r in rows if r["target"] == target and r["mode"] == mode and r["result"]["scenario"] == scenario]
+    if not runs:
+        return None
+    runs.sort(key=lambda r: r["calls_per_s"])
+    return runs[len(runs) // 2]
+targets = list(dict.fromkeys(r["target"] for r in rows))
+scenarios = list(dict.fromkeys(r["result"]["scenario"] for r in rows if r["mode"] == "closed"))
+print()
+print(f"{'target':<15} {'scenario':<15} {'mode':<6} {'calls/s':>10} {'items/s':>11} {'p50 µs':>8} {'p99 µs':>8} {'p999 µs':>8} {'× baseline':>10} {'failed':>7}")
+for t in targets:
+    for mode, names in (("closed", scenarios), ("open", ["deduct"])):
+        for s in names:
+            r = median_run(t, s, mode)
+            if r is None:
+                continue
+            base = median_run("baseline", s, "closed")
+            ratio = f"{r['calls_per_s'] / base['calls_per_s']:.2f}" if base and mode == "closed" and base["calls_per_s"] else "-"
+            print(f"{t:<15} {s:<15} {mode:<6} {r['calls_per_s']:>10.0f} {r['items_per_s']:>11.0f} {r['p50_us']:>8} {r['p99_us']:>8} {r['p999_us']:>8} {ratio:>10} {r['failed']:>7}")
+PY
