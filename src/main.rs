@@ -63,9 +63,8 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => serve(args),
         Command::Config { command: ConfigCommand::Check { file } } => {
             match Config::load(Some(&file), std::env::vars(), &[]) {
                 Ok(config) => {
@@ -79,11 +78,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Client(command) => runtime.block_on(cli::run(command)),
+        Command::Client(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            runtime.block_on(cli::run(command))
+        }
     }
 }
 
-async fn serve(args: ServeArgs) -> ExitCode {
+fn serve(args: ServeArgs) -> ExitCode {
     let mut overrides = args.set.clone();
     let mut flag = |key: &str, value: Option<String>| {
         if let Some(v) = value {
@@ -102,6 +104,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     creditd::telemetry::init_logging(&config.log);
+    config.server.runtime_builder().build().expect("tokio runtime").block_on(run_server(config))
+}
+
+async fn run_server(config: Config) -> ExitCode {
     tracing::warn!(
         "no API keys are configured: creditd accepts only loopback connections and every caller has full access"
     );

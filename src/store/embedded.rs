@@ -202,8 +202,28 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    /// Deletes from the oldest row on, a chunk at a time, so the writer is never held long
+    /// and a prune with nothing to do costs one row read.
     fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError> {
-        Ok(self.conn.execute("DELETE FROM requests WHERE created_ms < ?1", [before_ms as i64])?)
+        const CHUNK: usize = 10_000;
+        let mut pruned = 0;
+        loop {
+            let oldest: Option<i64> = self
+                .conn
+                .query_row("SELECT created_ms FROM requests ORDER BY rowid LIMIT 1", [], |r| r.get(0))
+                .optional()?;
+            if oldest.is_none_or(|ms| ms >= before_ms as i64) {
+                return Ok(pruned);
+            }
+            let n = self.conn.execute(
+                "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY rowid LIMIT ?1) AND created_ms < ?2",
+                params![CHUNK as i64, before_ms as i64],
+            )?;
+            pruned += n;
+            if n == 0 {
+                return Ok(pruned);
+            }
+        }
     }
 }
 
@@ -236,4 +256,36 @@ fn row_to_idem(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdemRow> {
         outcome_json: r.get(3)?,
         created_ms: r.get::<_, i64>(4)? as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(id: &str, created_ms: u64) -> IdemRow {
+        IdemRow { request_id: id.into(), account_id: "a".into(), fingerprint: 7, outcome_json: "{}".into(), created_ms }
+    }
+
+    #[test]
+    fn prune_forgets_only_answers_past_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        let batch =
+            Batch { idempotency: (1..=5).map(|i| answered(&format!("r{i}"), i * 100)).collect(), ..Batch::default() };
+        store.write(&batch).unwrap();
+        assert_eq!(store.prune_requests(50).unwrap(), 0);
+        assert_eq!(store.prune_requests(350).unwrap(), 3);
+        let reader = EmbeddedStore::reader(dir.path()).unwrap();
+        use crate::store::RequestLookup;
+        assert!(reader.find_request("r3").unwrap().is_none());
+        assert_eq!(reader.find_request("r4").unwrap().unwrap().fingerprint, 7);
+        assert_eq!(store.recover(0).unwrap().idempotency.len(), 2);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        assert!(matches!(EmbeddedStore::open(dir.path(), Synchronous::Normal), Err(StoreError::Locked(_))));
+    }
 }
