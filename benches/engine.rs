@@ -2,23 +2,31 @@
 //! (idempotency, decision, ledger entry, journal hand-off) on one core.
 //!
 //! Run: `cargo bench --bench engine`. Throughput is reported as decisions per second.
+//!
+//! Also: the idempotency lookup on a large table, burn-down across many grants, and the
+//! cost per record of one group commit to the embedded store at several batch sizes.
+//! Run by `cargo test --benches` (no `--bench` argument) the tables are kept small.
 
 use chrono::Utc;
-use creditd::domain::account::Account;
-use creditd::domain::grant::{Grant, GrantKind};
+use creditd::domain::account::{Account, Plan, SubscriptionStatus};
+use creditd::domain::grant::{Allocation, Grant, GrantKind, Money};
+use creditd::domain::hold::Hold;
 use creditd::domain::ids::IdGenerator;
+use creditd::domain::ledger::{EntryKind, LedgerEntry};
+use creditd::domain::limits::{Limits, MeterKind, MeterLimit};
 use creditd::domain::price::{PriceChange, PriceEntry};
 use creditd::domain::spend::SpendAsk;
 use creditd::domain::Now;
 use creditd::engine::admin::{AccountSpec, Caller, GrantSpec};
 use creditd::engine::clock::SystemClock;
-use creditd::engine::idempotency::Idempotency;
+use creditd::engine::idempotency::{IdemEntry, Idempotency};
+use creditd::engine::outcome::{DeductOutcome, Outcome};
 use creditd::engine::request::{DeductRequest, SpendTarget};
 use creditd::engine::{Engine, EngineOptions};
 use creditd::journal::{Durability, Journal, JournalOptions};
 use creditd::store::embedded::{EmbeddedStore, Synchronous};
-use creditd::store::Store;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use creditd::store::{Batch, IdemRow, Store};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,5 +173,311 @@ fn engine(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, engine);
+/// `cargo bench` passes `--bench`; `cargo test --benches` runs each bench once without it.
+fn full_run() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// A UUID-shaped request id derived from `n` (distinct for distinct `n`).
+fn uuid(n: u64) -> String {
+    let a = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let b = (n ^ 0x2545_f491_4f6c_dd1d).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        n & 0xffff_ffff_ffff
+    )
+}
+
+/// The engine's idempotency key: account, U+001F, request id.
+fn idem_key(account: &str, request_id: &str) -> String {
+    format!("{account}\u{1f}{request_id}")
+}
+
+/// The answer of an allowed CheckAndDeduct, as the engine stores it.
+fn deduct_outcome(ids: &IdGenerator, now_ms: u64) -> Outcome {
+    Outcome::Deduct(DeductOutcome {
+        denial: None,
+        credits_charged: Decimal::new(45, 4),
+        allocations: vec![Allocation {
+            grant_id: ids.next_string("gr_", now_ms),
+            kind: GrantKind::Plan,
+            credits: Decimal::new(45, 4),
+        }],
+        balance: Decimal::new(149_621_235, 4),
+        cycle_spend: Decimal::new(378_765, 4),
+        ledger_entry_id: ids.next_string("le_", now_ms),
+        price_version: 3,
+    })
+}
+
+/// A table of `n` answered deducts, and its keys.
+fn answered_requests(n: usize) -> (Idempotency, Vec<String>) {
+    let now_ms = Utc::now().timestamp_millis() as u64;
+    let ids = IdGenerator::default();
+    let table = Idempotency::new(86_400_000, 10_000_000);
+    let mut keys = Vec::with_capacity(n);
+    for i in 0..n {
+        let account = format!("org-{:07}", i % 10_000);
+        let key = idem_key(&account, &uuid(i as u64));
+        let entry = IdemEntry {
+            fingerprint: IDEM_FINGERPRINT,
+            account_id: account,
+            outcome: Arc::new(deduct_outcome(&ids, now_ms)),
+            durable: true,
+            created_ms: now_ms,
+        };
+        table.insert(key.clone(), entry);
+        keys.push(key);
+    }
+    (table, keys)
+}
+
+const IDEM_FINGERPRINT: u64 = 0x51_7cc1_b727_220a;
+
+/// `Idempotency::check` on a table of 1M answered requests (10k when run as a test), keys
+/// visited in a scattered order so the lookups are not all cache hits. The table is built
+/// only when one of these benchmarks is selected.
+fn idempotency(c: &mut Criterion) {
+    let n: usize = if full_run() { 1_000_000 } else { 10_000 };
+    let built = std::cell::OnceCell::new();
+    let table = || built.get_or_init(|| answered_requests(n));
+    let misses: Vec<String> =
+        (0..n.min(100_000)).map(|i| idem_key(&format!("org-{:07}", i % 10_000), &uuid((n + i) as u64))).collect();
+    // A stride coprime with both sizes visits every key in a scattered order.
+    const STRIDE: usize = 7_919;
+
+    let mut group = c.benchmark_group("idempotency");
+    group.throughput(Throughput::Elements(1));
+    let label = if n >= 1_000_000 { format!("{}M", n / 1_000_000) } else { format!("{}k", n / 1_000) };
+    group.bench_function(format!("check_hit/{label}_entries"), |b| {
+        let (table, keys) = table();
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + STRIDE) % keys.len();
+            let seen = table.check(&keys[i], IDEM_FINGERPRINT);
+            assert!(matches!(seen, creditd::engine::idempotency::Seen::Replay(_)));
+            seen
+        })
+    });
+    group.bench_function(format!("check_miss/{label}_entries"), |b| {
+        let (table, _) = table();
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + STRIDE) % misses.len();
+            let seen = table.check(&misses[i], IDEM_FINGERPRINT);
+            assert!(matches!(seen, creditd::engine::idempotency::Seen::New));
+            seen
+        })
+    });
+    group.finish();
+}
+
+/// One deduct's domain work under the account lock (advance, check, deduct, balance, as
+/// `decide_deduct` does it) on an account with many grants.
+/// - `spanning`: every grant holds 0.001 credits and the deduct costs all of them, so it
+///   takes from each (one allocation per grant);
+/// - `walking_past`: all grants but the last are not effective yet (scheduled promos sort
+///   first), so the deduct walks past them to the one grant that pays.
+fn burn_down(c: &mut Criterion) {
+    let wall = Utc::now();
+    let now = Now { wall, mono_ms: 1_000 };
+    let ids = IdGenerator::default();
+    let mut group = c.benchmark_group("burn_down");
+    group.sample_size(50);
+    group.throughput(Throughput::Elements(1));
+    for n in [50usize, 500] {
+        let (mut spanning, _) = Account::blank("acme", wall).open(now, &ids);
+        for i in 0..n {
+            let g = Grant::new(ids.next_string("gr_", i as u64), GrantKind::Promo, Decimal::new(1, 3), wall, wall);
+            spanning.add_grant(g, now, &ids);
+        }
+        let span_ask =
+            SpendAsk { user_id: Some("alice"), workspace_id: None, credits: Decimal::new(n as i64, 3), meter: None };
+
+        let (mut walking, _) = Account::blank("acme", wall).open(now, &ids);
+        let later = wall + chrono::Duration::days(1);
+        for i in 0..n - 1 {
+            let g = Grant::new(ids.next_string("gr_", i as u64), GrantKind::Promo, Decimal::from(100), later, wall);
+            walking.add_grant(g, now, &ids);
+        }
+        let g = Grant::new(ids.next_string("gr_", 0), GrantKind::Purchase, Decimal::from(1_000_000), wall, wall);
+        walking.add_grant(g, now, &ids);
+        let walk_ask =
+            SpendAsk { user_id: Some("alice"), workspace_id: None, credits: Decimal::new(45, 4), meter: None };
+
+        for (name, account, ask, expect) in
+            [("deduct_spanning", &spanning, &span_ask, n), ("deduct_walking_past", &walking, &walk_ask, 1)]
+        {
+            group.bench_function(BenchmarkId::new(name, format!("{n}_grants")), |b| {
+                b.iter_batched_ref(
+                    || account.clone(),
+                    |a| {
+                        let entries = a.advance(now, &ids);
+                        a.check(ask, wall).unwrap();
+                        let allocations = a.deduct(ask, wall);
+                        assert_eq!(allocations.len(), expect);
+                        (entries, allocations, a.balance(wall))
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+/// A typical account's state (plan grant, promo, purchase, caps, two meters, two holds),
+/// serialized as the journal writer snapshots it.
+fn typical_snapshot(id: &str, ids: &IdGenerator) -> String {
+    let wall = Utc::now();
+    let now = Now { wall, mono_ms: 1_000 };
+    let mut a = Account::blank(id, wall);
+    a.display_name = "Example Organization".into();
+    a.subscription = SubscriptionStatus::Active;
+    a.plan = Some(Plan {
+        name: "pro".into(),
+        credits_per_cycle: Decimal::from(10_000),
+        cycle_anchor_day: 1,
+        rollover_cap: Decimal::from(2_000),
+        price: Some(Money { amount: Decimal::new(4900, 2), currency: "USD".into() }),
+    });
+    a.limits = Limits {
+        spending_cap: Some(Decimal::from(20_000)),
+        default_user_cap: Some(Decimal::from(2_000)),
+        meters: [
+            ("ai_tokens".to_string(), MeterLimit { kind: MeterKind::CycleCounter, limit: 200_000_000 }),
+            ("seats".to_string(), MeterLimit { kind: MeterKind::Gauge, limit: 10 }),
+        ]
+        .into(),
+        ..Limits::default()
+    };
+    let (mut a, _) = a.open(now, ids);
+    for (kind, amount) in [(GrantKind::Promo, 500), (GrantKind::Purchase, 5_000)] {
+        let g = Grant::new(ids.next_string("gr_", now.wall_ms()), kind, Decimal::from(amount), wall, wall);
+        a.add_grant(g, now, ids);
+    }
+    let chat = PriceEntry {
+        action: "chat".into(),
+        category: "chat".into(),
+        unit_name: "1k_tokens".into(),
+        unit_size: 1000,
+        credits_per_unit: Decimal::new(3, 3),
+        meter: Some("ai_tokens".into()),
+    };
+    for (user, tokens, hold) in [("alice", 12_000u64, false), ("bob", 3_500, false), ("alice", 4_000, true)] {
+        let ask = SpendAsk {
+            user_id: Some(user),
+            workspace_id: None,
+            credits: chat.cost(tokens, 6).unwrap(),
+            meter: Some(("ai_tokens", tokens)),
+        };
+        a.check(&ask, wall).unwrap();
+        if hold {
+            let h = Hold {
+                id: format!("{id}/{}", ids.next_string("rs_", now.wall_ms())),
+                request_id: uuid(tokens),
+                user_id: Some(user.into()),
+                workspace_id: None,
+                price: chat.clone(),
+                price_version: 3,
+                quantity: tokens,
+                credits: Decimal::ZERO,
+                allocations: Vec::new(),
+                overdraft: Decimal::ZERO,
+                meter: None,
+                created_at: wall,
+                expires_at: wall + chrono::Duration::seconds(60),
+                deadline_ms: 61_000,
+                metadata: Default::default(),
+            };
+            a.reserve(h, &ask, wall);
+        } else {
+            a.deduct(&ask, wall);
+        }
+    }
+    serde_json::to_string(&a).unwrap()
+}
+
+/// What one allowed CheckAndDeduct hands the journal: a ledger entry and an idempotency row.
+fn deduct_records(account: &str, n: u64, ids: &IdGenerator, outcome_json: &str) -> (LedgerEntry, IdemRow) {
+    let wall = Utc::now();
+    let now_ms = wall.timestamp_millis() as u64;
+    let request_id = uuid(n);
+    let mut e = LedgerEntry::new(ids.next_string("le_", now_ms), account, EntryKind::Deduct, wall);
+    e.user_id = Some("alice".into());
+    e.action = "chat".into();
+    e.category = "chat".into();
+    e.quantity = 1500;
+    e.unit_name = "1k_tokens".into();
+    e.unit_price = Decimal::new(3, 3);
+    e.credits = Decimal::new(45, 4);
+    e.allocations.push(Allocation {
+        grant_id: ids.next_string("gr_", now_ms),
+        kind: GrantKind::Plan,
+        credits: Decimal::new(45, 4),
+    });
+    e.request_id = Some(request_id.clone());
+    e.price_version = 3;
+    let row = IdemRow {
+        request_id: idem_key(account, &request_id),
+        account_id: account.to_string(),
+        fingerprint: n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        outcome_json: outcome_json.to_string(),
+        created_ms: now_ms,
+    };
+    (e, row)
+}
+
+/// Group commit to the embedded store (`synchronous = NORMAL`): the cost per record of one
+/// `Store::write` carrying `k` deduct ledger entries, their `k` idempotency rows and
+/// - `one_snapshot`: one account snapshot (a hot account: every record is for it);
+/// - `k_snapshots`: one snapshot per record (each record from a different account).
+fn group_commit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    let ids = IdGenerator::default();
+    let accounts: Vec<String> = (0..1_000).map(|i| format!("org-{i:07}")).collect();
+    let snapshot = typical_snapshot(&accounts[0], &ids);
+    let outcome_json = serde_json::to_string(&deduct_outcome(&ids, Utc::now().timestamp_millis() as u64)).unwrap();
+    let mut n = 0u64;
+    let mut make = |k: usize, snapshots: usize| {
+        let mut batch = Batch::default();
+        for i in 0..k {
+            n += 1;
+            let account = if snapshots == 1 { &accounts[0] } else { &accounts[i] };
+            let (entry, row) = deduct_records(account, n, &ids, &outcome_json);
+            batch.entries.push(entry);
+            batch.idempotency.push(row);
+        }
+        for account in &accounts[..snapshots] {
+            batch.accounts.push((account.clone(), snapshot.replace(&accounts[0], account)));
+        }
+        batch
+    };
+
+    let mut group = c.benchmark_group("group_commit");
+    group.sample_size(20);
+    for (name, per_record_snapshot) in [("one_snapshot", false), ("k_snapshots", true)] {
+        for k in [1usize, 10, 100, 1000] {
+            if per_record_snapshot && k == 1 {
+                continue; // the same batch as one_snapshot/1
+            }
+            group.throughput(Throughput::Elements(k as u64));
+            group.bench_function(BenchmarkId::new(name, k), |b| {
+                b.iter_batched_ref(
+                    || make(k, if per_record_snapshot { k } else { 1 }),
+                    |batch| store.write(batch).unwrap(),
+                    BatchSize::LargeInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decision, engine, idempotency, burn_down, group_commit);
 criterion_main!(benches);

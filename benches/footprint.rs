@@ -1,1 +1,545 @@
-fn main() {}
+//! Memory footprint and start-up time, measured rather than assumed.
+//!
+//! Run: `cargo bench --bench footprint`. It prints, one line each:
+//! - heap bytes per cached account (typical and bare), exactly as the engine keeps them
+//!   (`Arc<AccountCell>` in a `DashMap<String, _>`), counted by a global allocator wrapper;
+//! - heap bytes per entry of the idempotency table;
+//! - the start-up time (open + recover + building the engine) with many accounts on disk,
+//!   and the size of the data directory.
+//!
+//! `FOOTPRINT_ACCOUNTS` sets how many accounts go on disk (default 1,000,000). Run by
+//! `cargo test --benches` (no `--bench` argument) it uses small numbers so the suite stays fast.
+//!
+//! Byte counts are what the program asked the allocator for; malloc adds its own per-block
+//! overhead (glibc: ~8–16 bytes a block, minimum 32), so the live block count is printed too,
+//! and the resident-set growth of the first (fresh-heap) measurement as a cross-check.
+
+use creditd::domain::account::{Account, Plan, SubscriptionStatus};
+use creditd::domain::grant::{Allocation, Grant, GrantKind, Money};
+use creditd::domain::hold::Hold;
+use creditd::domain::ids::IdGenerator;
+use creditd::domain::limits::{Limits, LowBalance, MeterKind, MeterLimit};
+use creditd::domain::price::PriceEntry;
+use creditd::domain::spend::SpendAsk;
+use creditd::domain::Now;
+use creditd::engine::cell::{AccountCell, Pending};
+use creditd::engine::clock::{Clock, SystemClock};
+use creditd::engine::idempotency::{IdemEntry, Idempotency};
+use creditd::engine::outcome::{DeductOutcome, Outcome};
+use creditd::engine::{Engine, EngineOptions};
+use creditd::journal::{Durability, Journal, JournalOptions};
+use creditd::store::embedded::{EmbeddedStore, Synchronous};
+use creditd::store::{Batch, RequestLookup, Store};
+use dashmap::DashMap;
+use rust_decimal::Decimal;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::mem::size_of;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+// ---- counting allocator -------------------------------------------------------------------
+
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Relaxed);
+            LIVE_BLOCKS.fetch_add(1, Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Relaxed);
+            LIVE_BLOCKS.fetch_add(1, Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Relaxed);
+        LIVE_BLOCKS.fetch_sub(1, Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(new_size, Relaxed);
+            LIVE_BYTES.fetch_sub(layout.size(), Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Clone, Copy)]
+struct Heap {
+    bytes: usize,
+    blocks: usize,
+    rss: usize,
+}
+
+fn heap() -> Heap {
+    Heap { bytes: LIVE_BYTES.load(Relaxed), blocks: LIVE_BLOCKS.load(Relaxed), rss: rss_bytes() }
+}
+
+impl Heap {
+    /// Growth since `before`, per item: (bytes, blocks, rss bytes).
+    fn per(self, before: Heap, n: usize) -> (f64, f64, f64) {
+        let d = |a: usize, b: usize| a as f64 - b as f64;
+        (
+            d(self.bytes, before.bytes) / n as f64,
+            d(self.blocks, before.blocks) / n as f64,
+            d(self.rss, before.rss) / n as f64,
+        )
+    }
+}
+
+/// Resident set size from /proc (0 where there is none).
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Peak resident set size (VmHWM) from /proc (0 where there is none).
+fn peak_rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<usize>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Heap bytes a clone of `v` holds (what `v` owns beyond its inline size, roughly).
+fn heap_of<T: Clone>(v: &T) -> usize {
+    let before = LIVE_BYTES.load(Relaxed);
+    let c = v.clone();
+    let after = LIVE_BYTES.load(Relaxed);
+    drop(c);
+    after - before
+}
+
+// ---- typical data -------------------------------------------------------------------------
+
+/// A small deterministic generator for request ids (no dependency on `rand` here).
+struct Seq(u64);
+
+impl Seq {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A UUID-shaped request id (36 chars), as clients typically send.
+    fn uuid(&mut self) -> String {
+        let (a, b) = (self.next(), self.next());
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            b >> 52,
+            b & 0xffff_ffff_ffff
+        )
+    }
+}
+
+fn chat_price() -> PriceEntry {
+    PriceEntry {
+        action: "chat".into(),
+        category: "chat".into(),
+        unit_name: "1k_tokens".into(),
+        unit_size: 1000,
+        credits_per_unit: Decimal::new(3, 3),
+        meter: Some("ai_tokens".into()),
+    }
+}
+
+fn agent_price() -> PriceEntry {
+    PriceEntry {
+        action: "agent_session".into(),
+        category: "agents".into(),
+        unit_name: "session".into(),
+        unit_size: 1,
+        credits_per_unit: Decimal::from(2),
+        meter: Some("seats".into()),
+    }
+}
+
+fn account_id(i: usize) -> String {
+    format!("org-{i:07}")
+}
+
+/// A typical account: on a plan (its grant issued at open), a promo and a purchased grant,
+/// a user cap with two users having spent, a counter and a gauge meter with usage, and two
+/// live holds (one on each meter).
+fn typical_account(i: usize, now: Now, ids: &IdGenerator, seq: &mut Seq) -> Account {
+    let ms = now.wall_ms();
+    let mut a = Account::blank(&account_id(i), now.wall);
+    a.display_name = format!("Example Organization {i}");
+    a.subscription = SubscriptionStatus::Active;
+    a.plan = Some(Plan {
+        name: "pro".into(),
+        credits_per_cycle: Decimal::from(10_000),
+        cycle_anchor_day: 1,
+        rollover_cap: Decimal::from(2_000),
+        price: Some(Money { amount: Decimal::new(4900, 2), currency: "USD".into() }),
+    });
+    a.limits = Limits {
+        spending_cap: Some(Decimal::from(20_000)),
+        alert_threshold: Some(Decimal::from(16_000)),
+        low_balance: Some(LowBalance::PercentOfPlan(Decimal::from(10))),
+        overdraft_limit: Decimal::ZERO,
+        default_user_cap: Some(Decimal::from(2_000)),
+        user_caps: [("user-alice".to_string(), Decimal::from(5_000))].into(),
+        default_workspace_cap: None,
+        workspace_caps: BTreeMap::new(),
+        meters: [
+            ("ai_tokens".to_string(), MeterLimit { kind: MeterKind::CycleCounter, limit: 200_000_000 }),
+            ("seats".to_string(), MeterLimit { kind: MeterKind::Gauge, limit: 10 }),
+        ]
+        .into(),
+    };
+    let (mut a, _) = a.open(now, ids);
+
+    let mut promo = Grant::new(ids.next_string("gr_", ms), GrantKind::Promo, Decimal::from(500), now.wall, now.wall);
+    promo.expires_at = Some(now.wall + chrono::Duration::days(90));
+    promo.external_reference = "spring-campaign".into();
+    promo.created_by = "admin:support".into();
+    a.add_grant(promo, now, ids);
+    let mut purchase =
+        Grant::new(ids.next_string("gr_", ms), GrantKind::Purchase, Decimal::from(5_000), now.wall, now.wall);
+    purchase.external_reference = format!("ch_{:024x}", seq.next());
+    purchase.money_paid = Some(Money { amount: Decimal::new(2500, 2), currency: "USD".into() });
+    purchase.created_by = "billing".into();
+    a.add_grant(purchase, now, ids);
+
+    let chat = chat_price();
+    for (user, tokens) in [("user-alice", 12_000u64), ("user-bob", 3_500), ("user-alice", 800)] {
+        let ask = SpendAsk {
+            user_id: Some(user),
+            workspace_id: None,
+            credits: chat.cost(tokens, 6).unwrap(),
+            meter: Some(("ai_tokens", tokens)),
+        };
+        a.check(&ask, now.wall).expect("typical spend fits");
+        a.deduct(&ask, now.wall);
+    }
+
+    let agent = agent_price();
+    for (price, user, quantity) in [(&chat, "user-alice", 4_000u64), (&agent, "user-bob", 1)] {
+        let hold = Hold {
+            id: format!("{}/{}", a.id, ids.next_string("rs_", ms)),
+            request_id: seq.uuid(),
+            user_id: Some(user.into()),
+            workspace_id: None,
+            price: price.clone(),
+            price_version: 3,
+            quantity,
+            credits: Decimal::ZERO,
+            allocations: Vec::new(),
+            overdraft: Decimal::ZERO,
+            meter: None,
+            created_at: now.wall,
+            expires_at: now.wall + chrono::Duration::seconds(60),
+            deadline_ms: now.mono_ms + 60_000,
+            metadata: [("model".to_string(), "gpt-4o".to_string())].into(),
+        };
+        let ask = SpendAsk {
+            user_id: Some(user),
+            workspace_id: None,
+            credits: price.cost(quantity, 6).unwrap(),
+            meter: price.meter.as_deref().map(|m| (m, quantity)),
+        };
+        a.check(&ask, now.wall).expect("typical hold fits");
+        a.reserve(hold, &ask, now.wall);
+    }
+    a
+}
+
+/// A bare account: no plan, one purchased grant, no holds, no limits.
+fn bare_account(i: usize, now: Now, ids: &IdGenerator) -> Account {
+    let (mut a, _) = Account::blank(&account_id(i), now.wall).open(now, ids);
+    let g = Grant::new(
+        ids.next_string("gr_", now.wall_ms()),
+        GrantKind::Purchase,
+        Decimal::from(1_000),
+        now.wall,
+        now.wall,
+    );
+    a.add_grant(g, now, ids);
+    a
+}
+
+/// An answered CheckAndDeduct as the engine remembers it.
+fn deduct_entry(account: &str, now_ms: u64, ids: &IdGenerator) -> IdemEntry {
+    IdemEntry {
+        fingerprint: 0x9e37_79b9_7f4a_7c15 ^ now_ms,
+        account_id: account.to_string(),
+        outcome: Arc::new(Outcome::Deduct(DeductOutcome {
+            denial: None,
+            credits_charged: Decimal::new(45, 4),
+            allocations: vec![Allocation {
+                grant_id: ids.next_string("gr_", now_ms),
+                kind: GrantKind::Plan,
+                credits: Decimal::new(45, 4),
+            }],
+            balance: Decimal::new(149_621_235, 4),
+            cycle_spend: Decimal::new(378_765, 4),
+            ledger_entry_id: ids.next_string("le_", now_ms),
+            price_version: 3,
+        })),
+        durable: true,
+        created_ms: now_ms,
+    }
+}
+
+/// The engine's idempotency key: account, U+001F, request id.
+fn idem_key(account: &str, request_id: &str) -> String {
+    format!("{account}\u{1f}{request_id}")
+}
+
+type Cache = DashMap<String, Arc<AccountCell>>;
+
+fn cache_of(n: usize, mut make: impl FnMut(usize) -> Account) -> Cache {
+    // As `Engine::new` builds it at start-up: sized for what was recovered.
+    let map = DashMap::with_capacity(n);
+    for i in 0..n {
+        let a = make(i);
+        map.insert(a.id.clone(), Arc::new(AccountCell::new(a)));
+    }
+    map
+}
+
+// ---- measurements -------------------------------------------------------------------------
+
+fn memory(n: usize) {
+    let clock = SystemClock::new();
+    let now = clock.now();
+    let ids = IdGenerator::default();
+    let mut seq = Seq(0x2545_f491_4f6c_dd1d);
+
+    // Typical first: the heap is fresh, so the RSS growth is meaningful too.
+    let before = heap();
+    let cache = cache_of(n, |i| typical_account(i, now, &ids, &mut seq));
+    let (bytes, blocks, rss) = heap().per(before, n);
+    println!(
+        "memory: typical account: {bytes:.0} bytes/account ({blocks:.1} heap blocks/account; RSS grew {rss:.0} bytes/account) over {n} accounts"
+    );
+
+    // What one touched account keeps after its first group commit: `slot.pending` is drained,
+    // not shrunk, so its capacity stays.
+    let before = heap();
+    for cell in cache.iter() {
+        let mut slot = cell.value().lock();
+        slot.pending.push(Pending::default());
+        slot.pending.drain(..);
+    }
+    let (extra, _, _) = heap().per(before, n);
+    println!(
+        "memory: typical account after its first journaled change: +{extra:.0} bytes/account (Vec<Pending> capacity kept after drain; size_of::<Pending>() = {})",
+        size_of::<Pending>()
+    );
+
+    // Where a typical account's bytes go.
+    let map_slot = {
+        let before = LIVE_BYTES.load(Relaxed);
+        let empty: Cache = DashMap::with_capacity(n);
+        let bytes = LIVE_BYTES.load(Relaxed) - before;
+        drop(empty);
+        bytes as f64 / n as f64
+    };
+    let sample = cache.get(&account_id(0)).unwrap().value().clone();
+    {
+        let slot = sample.lock();
+        let a = &slot.account;
+        println!(
+            "memory: typical breakdown (heap bytes): map table {map_slot:.0}/account + key {}, Arc<AccountCell> block {} (inline Account {}), cell.id {}, id+display_name {}, plan {}, grants {} as cloned ({} x inline Grant {}; the live Vec has capacity {}), holds {} (BTreeMap of {} x inline Hold {}), limits {}, usage {}, resolved_holds {}",
+            a.id.len(),
+            size_of::<AccountCell>() + 16,
+            size_of::<Account>(),
+            sample.id.capacity(),
+            a.id.capacity() + a.display_name.capacity(),
+            heap_of(&a.plan),
+            heap_of(&a.grants),
+            a.grants.len(),
+            size_of::<Grant>(),
+            a.grants.capacity(),
+            heap_of(&a.holds),
+            a.holds.len(),
+            size_of::<Hold>(),
+            heap_of(&a.limits),
+            heap_of(&a.usage),
+            heap_of(&a.resolved_holds),
+        );
+        let json = serde_json::to_string(a).unwrap();
+        println!("memory: typical account serialized state: {} bytes of JSON", json.len());
+    }
+    drop(sample);
+    drop(cache);
+
+    let before = heap();
+    let cache = cache_of(n, |i| bare_account(i, now, &ids));
+    let (bytes, blocks, _) = heap().per(before, n);
+    println!("memory: bare account: {bytes:.0} bytes/account ({blocks:.1} heap blocks/account) over {n} accounts");
+    drop(cache);
+
+    let before = heap();
+    let table = Idempotency::new(86_400_000, 5_000_000);
+    let now_ms = now.wall_ms();
+    for i in 0..n {
+        let account = account_id(i % 1_000);
+        let entry = deduct_entry(&account, now_ms, &ids);
+        table.insert(idem_key(&account, &seq.uuid()), entry);
+    }
+    let (bytes, blocks, _) = heap().per(before, n);
+    println!(
+        "memory: idempotency entry (deduct answer): {bytes:.0} bytes/entry ({blocks:.1} heap blocks/entry) over {} entries; size_of Outcome {} vs DeductOutcome {}, IdemEntry {}",
+        table.len(),
+        size_of::<Outcome>(),
+        size_of::<DeductOutcome>(),
+        size_of::<IdemEntry>(),
+    );
+    drop(table);
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn startup(n: usize) {
+    let clock = Arc::new(SystemClock::new());
+    let now = clock.now();
+    let ids = IdGenerator::default();
+    let mut seq = Seq(0x9e37_79b9_7f4a_7c15);
+    let template_id = account_id(0);
+    let template = serde_json::to_string(&typical_account(0, now, &ids, &mut seq)).unwrap();
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // Write: large batches, one transaction each, ids in key order.
+    let started = Instant::now();
+    {
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).expect("open store");
+        const BATCH: usize = 20_000;
+        let mut i = 0;
+        while i < n {
+            let end = (i + BATCH).min(n);
+            let mut batch = Batch::default();
+            batch.accounts.reserve(end - i);
+            for j in i..end {
+                let id = account_id(j);
+                let state = template.replace(&template_id, &id);
+                batch.accounts.push((id, state));
+            }
+            store.write(&batch).expect("write accounts");
+            i = end;
+        }
+    }
+    let wrote = started.elapsed();
+    let on_disk = dir_size(dir.path());
+    println!(
+        "disk: wrote {n} typical accounts ({} bytes of JSON each) in {:.2} s; data directory {:.1} MB ({:.0} bytes/account)",
+        template.len(),
+        secs(wrote),
+        on_disk as f64 / 1e6,
+        on_disk as f64 / n as f64
+    );
+
+    // Let the kernel finish writing the data back first, so the start-up is timed on a
+    // settled machine (not racing the write-back of what was just written).
+    let t = Instant::now();
+    let synced = std::process::Command::new("sync").status().is_ok_and(|s| s.success());
+    if synced {
+        println!("disk: sync took {:.2} s", secs(t.elapsed()));
+    }
+
+    // Twice: a fresh process (the heap must come from the kernel, page by page), then again
+    // in the same process (the heap reuses what the first engine freed). The difference is
+    // what obtaining fresh memory costs on this machine.
+    for run in ["1st start, heap mostly fresh from the kernel", "2nd start, heap reused"] {
+        let before = heap();
+        let (engine, writer, t) = start(dir.path(), clock.clone());
+        assert_eq!(engine.account_count(), n);
+        let (bytes, blocks, _) = heap().per(before, n);
+        println!(
+            "startup: ready in {:.2} s for {n} accounts [{run}] (open {:.3} s, recover {:.2} s [SQL read + JSON parse], engine map {:.2} s); heap after start-up {:.0} bytes/account ({:.1} blocks/account)",
+            secs(t.ready),
+            secs(t.opened),
+            secs(t.recovered - t.opened),
+            secs(t.ready - t.recovered),
+            bytes,
+            blocks,
+        );
+        let t1 = Instant::now();
+        drop(engine);
+        writer.join().expect("journal writer");
+        println!("startup: teardown (drop {n} accounts, close store) {:.2} s", secs(t1.elapsed()));
+    }
+    drop(dir);
+}
+
+/// Cumulative times of the start-up steps.
+struct StartTimes {
+    opened: Duration,
+    recovered: Duration,
+    ready: Duration,
+}
+
+/// Start-up, as `app::start` does it: open, recover, reader, journal, engine.
+fn start(dir: &std::path::Path, clock: Arc<SystemClock>) -> (Engine, std::thread::JoinHandle<()>, StartTimes) {
+    let t0 = Instant::now();
+    let mut store = EmbeddedStore::open(dir, Synchronous::Normal).expect("open store");
+    let opened = t0.elapsed();
+    let recovered = store.recover(0).expect("recover");
+    let recovered_at = t0.elapsed();
+    let lookup: Arc<dyn RequestLookup> = Arc::new(EmbeddedStore::reader(dir).expect("reader"));
+    let idem = Arc::new(Idempotency::new(86_400_000, 5_000_000));
+    let (journal, writer) = Journal::start(
+        Box::new(store),
+        idem.clone(),
+        clock.clone(),
+        JournalOptions { durability: Durability::Sync, flush_interval: Duration::from_millis(10) },
+    );
+    let engine = Engine::new(recovered, journal, idem, Some(lookup), clock, EngineOptions::default());
+    let ready = t0.elapsed();
+    (engine, writer, StartTimes { opened, recovered: recovered_at, ready })
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: keep the test quick.
+    let bench = std::env::args().any(|a| a == "--bench");
+    let in_memory = if bench { 100_000 } else { 1_000 };
+    let on_disk = std::env::var("FOOTPRINT_ACCOUNTS")
+        .ok()
+        .and_then(|v| v.replace('_', "").parse::<usize>().ok())
+        .unwrap_or(if bench { 1_000_000 } else { 10_000 });
+    let started = Instant::now();
+    memory(in_memory);
+    startup(on_disk);
+    println!("footprint: done in {:.1} s, peak RSS {:.2} GB", secs(started.elapsed()), peak_rss_bytes() as f64 / 1e9);
+}
