@@ -171,7 +171,8 @@ impl Writer {
                 let mut slot = cell.lock();
                 slot.queued = false;
                 let state = serde_json::to_string(&slot.account).expect("account state serializes");
-                let pending: Vec<Pending> = slot.pending.drain(..).collect();
+                // Taken, not drained: an idle account should not keep a burst's capacity.
+                let pending = std::mem::take(&mut slot.pending);
                 drop(slot);
                 round.batch.accounts.push((cell.id.clone(), state));
                 for mut p in pending {
