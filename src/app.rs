@@ -157,7 +157,7 @@ async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, config: C
 fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<Engine>, config: &Config) {
     let every = |ms: u64| Duration::from_millis(ms);
     type Sweep = fn(&Engine);
-    let sweeps: [(Duration, Sweep); 3] = [
+    let sweeps: [(Duration, Sweep); 2] = [
         (every(config.sweep.holds_interval_ms), |e| {
             let n = e.sweep_holds();
             if n > 0 {
@@ -169,10 +169,6 @@ fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<En
             if n > 0 {
                 tracing::info!(accounts = n, "rolled accounts into a new billing cycle");
             }
-        }),
-        (every(config.sweep.requests_interval_ms), |e| {
-            e.sweep_requests();
-            e.prune_stored_requests();
         }),
     ];
     for (period, sweep) in sweeps {
@@ -193,6 +189,23 @@ fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<En
             }
         });
     }
+    // Answers past retention or over the memory bound (this sweep does its heavy part off
+    // the request threads itself, and awaits the store's archive before evicting).
+    let (engine, stop) = (engine.clone(), stop.clone());
+    let period = every(config.sweep.requests_interval_ms);
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    engine.sweep_requests().await;
+                    engine.prune_stored_requests();
+                }
+            }
+        }
+    });
 }
 
 impl Running {

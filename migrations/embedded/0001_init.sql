@@ -19,15 +19,26 @@ CREATE TABLE journal (
     body        TEXT NOT NULL
 );
 
--- Answered request ids (idempotency), kept for the configured retention. Rows arrive in
--- time order, so pruning walks from the lowest rowid and needs no index on created_ms.
-CREATE TABLE requests (
-    request_id  TEXT PRIMARY KEY,
+-- Answers to request ids (idempotency), appended in commit order: sequential pages, no
+-- index to update per request. Recovery reads back those within retention.
+CREATE TABLE answers (
+    seq         INTEGER PRIMARY KEY,
+    key         TEXT NOT NULL,
     account_id  TEXT NOT NULL,
     fingerprint INTEGER NOT NULL,
     outcome     TEXT NOT NULL,
     created_ms  INTEGER NOT NULL
 );
+
+-- Answers evicted from memory (beyond limits.idempotency_max_entries), indexed by key so a
+-- retry of an old request still finds its answer. Written in bulk when memory evicts.
+CREATE TABLE requests (
+    key         TEXT PRIMARY KEY,
+    account_id  TEXT NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    outcome     TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE audit_log (
     id          TEXT PRIMARY KEY,

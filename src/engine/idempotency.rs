@@ -3,7 +3,8 @@
 //! An entry is inserted under the owning account's lock, in the same critical section as
 //! the change it answers, so two concurrent calls with one id can never both be charged.
 //! Entries live `retention` (≥ 24 h) in memory and in the store; beyond `max_entries` the
-//! oldest leave memory first and are then looked up in the store on a miss.
+//! oldest are archived in the store's index, then leave memory, and are looked up there on
+//! a miss.
 
 use super::outcome::Outcome;
 use dashmap::DashMap;
@@ -83,22 +84,37 @@ impl Idempotency {
         self.entries.is_empty()
     }
 
-    /// Drops entries past retention, then the oldest durable ones while over `max_entries`.
-    /// Returns how many left memory.
-    pub fn sweep(&self, now_ms: u64) -> usize {
+    /// Drops durable entries past retention. Returns how many left memory.
+    pub fn expire(&self, now_ms: u64) -> usize {
         let before = self.entries.len();
         let cutoff = now_ms.saturating_sub(self.retention_ms);
         self.entries.retain(|_, e| e.created_ms >= cutoff || !e.durable);
-        let over = self.entries.len().saturating_sub(self.max_entries);
-        if over > 0 {
-            let mut ages: Vec<u64> = self.entries.iter().filter(|e| e.durable).map(|e| e.created_ms).collect();
-            ages.sort_unstable();
-            if let Some(&newest_evicted) = ages.get(over.min(ages.len()).saturating_sub(1)) {
-                self.entries.retain(|_, e| e.created_ms > newest_evicted || !e.durable);
-                self.evicted.store(true, Ordering::Relaxed);
-            }
-        }
         before - self.entries.len()
+    }
+
+    /// The oldest durable entries beyond `max_entries`: to archive in the store, then evict.
+    pub fn over_bound(&self) -> Vec<(String, IdemEntry)> {
+        let over = self.entries.len().saturating_sub(self.max_entries);
+        if over == 0 {
+            return Vec::new();
+        }
+        let mut durable: Vec<(String, IdemEntry)> =
+            self.entries.iter().filter(|e| e.durable).map(|e| (e.key().clone(), e.value().clone())).collect();
+        durable.sort_unstable_by_key(|(_, e)| e.created_ms);
+        durable.truncate(over);
+        durable
+    }
+
+    /// Lets go of entries the store has archived. From now on a miss may be a hit there.
+    pub fn evict(&self, keys: impl IntoIterator<Item = String>) {
+        self.mark_evicted();
+        for key in keys {
+            self.entries.remove(&key);
+        }
+    }
+
+    pub fn mark_evicted(&self) {
+        self.evicted.store(true, Ordering::Relaxed);
     }
 }
 
@@ -161,18 +177,20 @@ mod tests {
     }
 
     #[test]
-    fn sweep_keeps_retention_and_bound() {
+    fn expiry_keeps_retention_and_the_bound_picks_the_oldest() {
         let t = Idempotency::new(1000, 3);
         for (i, ms) in [100u64, 200, 300, 5000].iter().enumerate() {
             t.insert(format!("r{i}"), entry(*ms, true));
         }
         t.insert("pending".into(), entry(0, false));
-        t.sweep(1250); // r0 and r1 are past retention; pending is never dropped
+        assert_eq!(t.expire(1250), 2); // r0 and r1; a pending entry is never dropped
         assert!(matches!(t.check("r0", 1), Seen::New));
-        assert!(matches!(t.check("r2", 1), Seen::Replay(_)));
-        assert!(!t.may_be_in_store());
+        assert!(t.over_bound().is_empty());
         t.insert("r9".into(), entry(6000, true));
-        t.sweep(1300); // r2, r3, r9 + pending: one over the bound, the oldest durable goes
+        let victims: Vec<String> = t.over_bound().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(victims, ["r2"], "one over the bound: the oldest durable entry");
+        assert!(!t.may_be_in_store());
+        t.evict(victims);
         assert!(matches!(t.check("r2", 1), Seen::New));
         assert!(t.may_be_in_store());
         assert!(matches!(t.check("pending", 1), Seen::InFlight));

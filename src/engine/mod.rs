@@ -100,6 +100,9 @@ impl Engine {
             }
             accounts.insert(account.id.clone(), Arc::new(AccountCell::new(account)));
         }
+        if recovered.answers_archived {
+            idempotency.mark_evicted();
+        }
         for row in recovered.idempotency {
             if let Some(entry) = idem_entry_from_row(&row) {
                 idempotency.insert(row.request_id, entry);
@@ -247,8 +250,40 @@ impl Engine {
     }
 
     /// Forgets answered request ids past retention (memory and store).
-    pub fn sweep_requests(&self) -> usize {
-        self.idempotency.sweep(self.clock.now().wall_ms())
+    ///
+    /// Beyond the memory bound, the oldest answers are archived in the store's index first
+    /// and only then evicted, so a retry never finds neither.
+    pub async fn sweep_requests(&self) -> usize {
+        let idempotency = self.idempotency.clone();
+        let now_ms = self.clock.now().wall_ms();
+        let (expired, victims) =
+            tokio::task::spawn_blocking(move || (idempotency.expire(now_ms), idempotency.over_bound()))
+                .await
+                .unwrap_or_default();
+        if victims.is_empty() {
+            return expired;
+        }
+        let rows = victims
+            .iter()
+            .map(|(key, e)| IdemRow {
+                request_id: key.clone(),
+                account_id: e.account_id.clone(),
+                fingerprint: e.fingerprint,
+                outcome_json: serde_json::to_string(e.outcome.as_ref()).expect("outcome serializes"),
+                created_ms: e.created_ms,
+            })
+            .collect();
+        match self.journal.archive(rows).await {
+            Ok(()) => {
+                let n = victims.len();
+                self.idempotency.evict(victims.into_iter().map(|(k, _)| k));
+                expired + n
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not archive answers; they stay in memory over the bound until the next sweep");
+                expired
+            }
+        }
     }
 
     /// Asks the store to forget answered request ids past retention.

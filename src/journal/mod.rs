@@ -21,7 +21,7 @@ use crate::domain::price::PriceBook;
 use crate::engine::cell::{AccountCell, Pending, Waiter};
 use crate::engine::clock::Clock;
 use crate::engine::idempotency::Idempotency;
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Batch, IdemRow, Store, StoreError};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,8 @@ enum Msg {
     Flush(Waiter),
     /// Drop answered request ids older than this from the store.
     Prune(u64),
+    /// Index these answers by key before memory lets go of them.
+    Archive(Vec<IdemRow>, Waiter),
     /// Write what is queued, then stop and close the store.
     Stop(Waiter),
 }
@@ -107,6 +109,15 @@ impl Journal {
     /// Asks the writer to forget answered request ids older than `before_ms`.
     pub fn prune_requests(&self, before_ms: u64) {
         let _ = self.tx.send(Msg::Prune(before_ms));
+    }
+
+    /// Indexes answers by key in the store (before memory evicts them).
+    pub async fn archive(&self, rows: Vec<IdemRow>) -> Result<(), StoreError> {
+        let (waiter, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Archive(rows, waiter))
+            .map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?;
+        done.await.map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?
     }
 
     /// Writes what is queued, then stops the writer and closes the store (releasing the
@@ -197,6 +208,9 @@ impl Writer {
                     tracing::warn!(error = %e, "could not prune answered request ids; will retry")
                 }
             },
+            Msg::Archive(rows, waiter) => {
+                let _ = waiter.send(self.store.archive_answers(&rows));
+            }
             Msg::Stop(waiter) => round.stop = Some(waiter),
         }
     }

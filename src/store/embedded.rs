@@ -86,8 +86,8 @@ fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreErr
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // 64 MiB of page cache (the default is 2 MiB): request ids land on random pages of the
-    // requests index, and re-reading those pages from disk dominated the write cost.
+    // 64 MiB of page cache (the default is 2 MiB), so account upserts and the archive's
+    // random keys find their pages in memory.
     conn.pragma_update(None, "cache_size", -65_536)?;
     Ok(conn)
 }
@@ -136,7 +136,7 @@ impl Store for EmbeddedStore {
                 ])?;
             }
             let mut put_request = tx.prepare_cached(
-                "INSERT OR REPLACE INTO requests (request_id, account_id, fingerprint, outcome, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO answers (key, account_id, fingerprint, outcome, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for r in &batch.idempotency {
                 put_request.execute(params![
@@ -189,7 +189,7 @@ impl Store for EmbeddedStore {
             out.accounts.push(serde_json::from_str(&state?)?);
         }
         let mut stmt = self.conn.prepare(
-            "SELECT request_id, account_id, fingerprint, outcome, created_ms FROM requests WHERE created_ms >= ?1",
+            "SELECT key, account_id, fingerprint, outcome, created_ms FROM answers WHERE created_ms >= ?1 ORDER BY seq",
         )?;
         let rows = stmt.query_map([idem_since_ms as i64], row_to_idem)?;
         for row in rows {
@@ -200,33 +200,58 @@ impl Store for EmbeddedStore {
         if let Some(book) = book {
             out.price_book = serde_json::from_str(&book)?;
         }
+        out.answers_archived = self.conn.query_row("SELECT EXISTS (SELECT 1 FROM requests)", [], |r| r.get(0))?;
         let last_entry: Option<i64> = self.conn.query_row("SELECT max(id) FROM journal", [], |r| r.get(0))?;
         out.id_floor = last_entry.unwrap_or(0) as u64;
         Ok(out)
     }
 
-    /// Deletes from the oldest row on, a chunk at a time, so the writer is never held long
-    /// and a prune with nothing to do costs one row read.
+    /// Deletes answers from the oldest row on, a chunk at a time, so the writer is never held
+    /// long and a prune with nothing to do costs one row read. The archive is small (only
+    /// what memory evicted) and is pruned in one statement.
     fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError> {
-        const CHUNK: usize = 10_000;
-        let mut pruned = 0;
+        const CHUNK: i64 = 10_000;
+        let before = before_ms as i64;
+        let mut pruned = self.conn.execute("DELETE FROM requests WHERE created_ms < ?1", [before])?;
         loop {
             let oldest: Option<i64> = self
                 .conn
-                .query_row("SELECT created_ms FROM requests ORDER BY rowid LIMIT 1", [], |r| r.get(0))
+                .query_row("SELECT created_ms FROM answers ORDER BY seq LIMIT 1", [], |r| r.get(0))
                 .optional()?;
-            if oldest.is_none_or(|ms| ms >= before_ms as i64) {
+            if oldest.is_none_or(|ms| ms >= before) {
                 return Ok(pruned);
             }
             let n = self.conn.execute(
-                "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY rowid LIMIT ?1) AND created_ms < ?2",
-                params![CHUNK as i64, before_ms as i64],
+                "DELETE FROM answers WHERE seq IN (SELECT seq FROM answers ORDER BY seq LIMIT ?1) AND created_ms < ?2",
+                params![CHUNK, before],
             )?;
             pruned += n;
             if n == 0 {
                 return Ok(pruned);
             }
         }
+    }
+
+    fn archive_answers(&mut self, rows: &[IdemRow]) -> Result<(), StoreError> {
+        let mut sorted: Vec<&IdemRow> = rows.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.request_id.cmp(&b.request_id)); // neighbouring pages
+        let tx = self.conn.transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO requests (key, account_id, fingerprint, outcome, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in sorted {
+                put.execute(params![
+                    r.request_id,
+                    r.account_id,
+                    r.fingerprint as i64,
+                    r.outcome_json,
+                    r.created_ms as i64
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -244,7 +269,7 @@ impl super::RequestLookup for EmbeddedReader {
 fn find_request(conn: &Connection, request_id: &str) -> Result<Option<IdemRow>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT request_id, account_id, fingerprint, outcome, created_ms FROM requests WHERE request_id = ?1",
+            "SELECT key, account_id, fingerprint, outcome, created_ms FROM requests WHERE key = ?1",
             [request_id],
             row_to_idem,
         )
@@ -278,11 +303,23 @@ mod tests {
         store.write(&batch).unwrap();
         assert_eq!(store.prune_requests(50).unwrap(), 0);
         assert_eq!(store.prune_requests(350).unwrap(), 3);
+        let recovered = store.recover(0).unwrap();
+        assert_eq!(recovered.idempotency.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["r4", "r5"]);
+        assert!(!recovered.answers_archived);
+    }
+
+    #[test]
+    fn archived_answers_are_found_by_key_until_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        store.archive_answers(&[answered("b", 100), answered("a", 200)]).unwrap();
         let reader = EmbeddedStore::reader(dir.path()).unwrap();
         use crate::store::RequestLookup;
-        assert!(reader.find_request("r3").unwrap().is_none());
-        assert_eq!(reader.find_request("r4").unwrap().unwrap().fingerprint, 7);
-        assert_eq!(store.recover(0).unwrap().idempotency.len(), 2);
+        assert_eq!(reader.find_request("a").unwrap().unwrap().created_ms, 200);
+        assert!(store.recover(0).unwrap().answers_archived);
+        store.prune_requests(150).unwrap();
+        assert!(reader.find_request("b").unwrap().is_none());
+        assert!(reader.find_request("a").unwrap().is_some());
     }
 
     #[test]

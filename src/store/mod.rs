@@ -53,6 +53,8 @@ pub struct Recovered {
     pub price_book: PriceBook,
     /// Highest numeric id part seen, so new ids stay above it.
     pub id_floor: u64,
+    /// Some answers live only in the store's index: a miss in memory must ask it.
+    pub answers_archived: bool,
 }
 
 pub trait Store: Send + 'static {
@@ -63,6 +65,8 @@ pub trait Store: Send + 'static {
     fn recover(&mut self, idem_since_ms: u64) -> Result<Recovered, StoreError>;
     /// Deletes request ids answered before `before_ms`.
     fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError>;
+    /// Indexes answers by key before memory lets go of them, so `RequestLookup` finds them.
+    fn archive_answers(&mut self, rows: &[IdemRow]) -> Result<(), StoreError>;
 }
 
 /// Looks up an answered request id off the writer's connection (for ids evicted from memory).

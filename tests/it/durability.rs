@@ -215,6 +215,9 @@ impl creditd::store::Store for FlakyStore {
     fn prune_requests(&mut self, before_ms: u64) -> Result<usize, creditd::store::StoreError> {
         self.inner.prune_requests(before_ms)
     }
+    fn archive_answers(&mut self, rows: &[creditd::store::IdemRow]) -> Result<(), creditd::store::StoreError> {
+        self.inner.archive_answers(rows)
+    }
 }
 
 #[tokio::test]

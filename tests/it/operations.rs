@@ -117,7 +117,7 @@ async fn answers_evicted_from_memory_are_found_in_the_store() {
     }
     let engine = s.running.as_ref().unwrap().engine.clone();
     engine.flush().await.unwrap();
-    assert!(engine.sweep_requests() > 0, "the memory bound evicted answers");
+    assert!(engine.sweep_requests().await > 0, "the memory bound evicted answers");
     let again = s.deduct_req(first).await.unwrap();
     assert!(again.replayed, "the evicted answer came back from the store");
     assert_eq!(again.ledger_entry_id, answer.ledger_entry_id);
