@@ -90,6 +90,8 @@ fn spawn_creditd(data_dir: &std::path::Path) -> Process {
             return Process { child, addr: format!("http://{addr}") };
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("creditd exited before serving");
 }
 
