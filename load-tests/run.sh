@@ -8,7 +8,8 @@
 #   QUICK=1 load-tests/run.sh         # 1 run of 3 s per cell, 10k accounts
 #
 # Environment: SERVER_CPU (0), LOAD_CPU (1), RUNS (3), DURATION (8), WARMUP (2),
-# ACCOUNTS (100000), SCENARIOS, TARGETS. Loopback only; every server is stopped on exit.
+# ACCOUNTS (100000), SCENARIOS, TARGETS, RUNTIME (current_thread | multi_thread, for every
+# server alike). Loopback only; every server is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,7 @@ WARMUP=${WARMUP:-2}
 ACCOUNTS=${ACCOUNTS:-100000}
 SCENARIOS=${SCENARIOS:-"deduct deduct-spread deny-mix reserve-commit batch100"}
 TARGETS=${TARGETS:-"baseline creditd-sync creditd-async"}
+RUNTIME=${RUNTIME:-current_thread}
 
 cargo build --release --bins --quiet
 bin=target/release
@@ -44,11 +46,12 @@ wait_port() {
 
 start() { # name port
   case $1 in
-    baseline) taskset -c "$SERVER_CPU" "$bin/creditd-baseline" --listen "127.0.0.1:$2" 2>"$work/$1.log" & ;;
+    # Same runtime flavour as creditd's default, so the ratio compares like with like.
+    baseline) taskset -c "$SERVER_CPU" "$bin/creditd-baseline" --listen "127.0.0.1:$2" --runtime "$RUNTIME" 2>"$work/$1.log" & ;;
     creditd-sync) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1" \
-      --durability sync --log-format json 2>"$work/$1.log" & ;;
+      --durability sync --set "server.runtime=$RUNTIME" --log-format json 2>"$work/$1.log" & ;;
     creditd-async) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1" \
-      --durability async --log-format json 2>"$work/$1.log" & ;;
+      --durability async --set "server.runtime=$RUNTIME" --log-format json 2>"$work/$1.log" & ;;
     *) echo "unknown target $1" >&2; exit 1 ;;
   esac
   pids+=($!)
