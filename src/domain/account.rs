@@ -16,7 +16,7 @@ use super::Now;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,16 +97,20 @@ pub struct Account {
     /// Part of live holds backed by the overdraft limit.
     pub overdraft_held: Credits,
     pub totals: Totals,
-    /// Recently resolved holds, so a late Commit says what happened.
-    pub resolved_holds: BTreeMap<String, (HoldEnd, DateTime<Utc>)>,
+    /// Recently resolved holds, so a late Commit says what happened. Memory only and
+    /// bounded: after a restart, or for a hold long gone, a late Commit is told the
+    /// reservation does not exist (still FAILED_PRECONDITION).
+    #[serde(skip)]
+    pub resolved_holds: VecDeque<(String, HoldEnd, DateTime<Utc>)>,
     /// Start of the cycle whose plan grant was issued, so it is issued once per cycle.
     pub plan_issued_for: Option<DateTime<Utc>>,
 }
 
 pub const DEFAULT_PRECISION: u32 = 6;
 
-/// How long a resolved hold is remembered for error messages.
+/// How long, and how many, resolved holds are remembered for error messages.
 const RESOLVED_MEMORY_HOURS: i64 = 24;
+const RESOLVED_MEMORY_HOLDS: usize = 1024;
 
 impl Account {
     /// A new account. Its first cycle is the one containing `now`; with an active plan the
@@ -139,7 +143,7 @@ impl Account {
             overdraft_used: Decimal::ZERO,
             overdraft_held: Decimal::ZERO,
             totals: Totals::default(),
-            resolved_holds: BTreeMap::new(),
+            resolved_holds: VecDeque::new(),
             plan_issued_for: None,
         }
     }
@@ -162,7 +166,7 @@ impl Account {
         }
         self.write_off(now, ids, &mut entries);
         let forget_before = now.wall - chrono::Duration::hours(RESOLVED_MEMORY_HOURS);
-        self.resolved_holds.retain(|_, (_, at)| *at >= forget_before);
+        self.resolved_holds.retain(|(_, _, at)| *at >= forget_before);
         entries
     }
 
@@ -258,12 +262,19 @@ impl Account {
 
     // ---- internals -----------------------------------------------------------------------
 
+    pub(super) fn remember_resolved(&mut self, hold_id: &str, end: HoldEnd, at: DateTime<Utc>) {
+        if self.resolved_holds.len() >= RESOLVED_MEMORY_HOLDS {
+            self.resolved_holds.pop_front();
+        }
+        self.resolved_holds.push_back((hold_id.to_string(), end, at));
+    }
+
     /// Ends a live hold without charging it (release or expiry). The caller checked it exists.
     pub(super) fn end_hold(&mut self, hold_id: &str, end: HoldEnd, now: Now, ids: &IdGenerator) -> LedgerEntry {
         let hold = self.holds.remove(hold_id).expect("hold exists");
         grant::unhold(&mut self.grants, &hold.allocations);
         self.overdraft_held -= hold.overdraft;
-        self.resolved_holds.insert(hold.id.clone(), (end, now.wall));
+        self.remember_resolved(&hold.id, end, now.wall);
         let kind = if end == HoldEnd::Expired { EntryKind::ExpireHold } else { EntryKind::Release };
         let mut entry = hold_entry(&self.id, &hold, kind, now, ids);
         entry.credits = hold.credits;

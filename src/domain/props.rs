@@ -287,7 +287,7 @@ impl World {
             return live[(pick / 4) % live.len()].clone();
         }
         let mut ids: Vec<String> = self.acc.holds.keys().cloned().collect();
-        ids.extend(self.acc.resolved_holds.keys().cloned());
+        ids.extend(self.acc.resolved_holds.iter().map(|(id, _, _)| id.clone()));
         ids.push("rs_never_issued".into());
         ids.swap_remove(pick % ids.len())
     }

@@ -120,8 +120,8 @@ impl Account {
         if let Some(h) = self.holds.get(hold_id) {
             return Ok(h);
         }
-        match self.resolved_holds.get(hold_id) {
-            Some((end, _)) => Err(HoldError::Resolved(hold_id.to_string(), end.as_str())),
+        match self.resolved_holds.iter().rev().find(|(id, _, _)| id == hold_id) {
+            Some((_, end, _)) => Err(HoldError::Resolved(hold_id.to_string(), end.as_str())),
             None => Err(HoldError::Unknown(hold_id.to_string())),
         }
     }
@@ -171,7 +171,7 @@ impl Account {
             grant::unhold(&mut self.grants, &hold.allocations);
             self.overdraft_held -= hold.overdraft;
             s.released = hold.credits;
-            self.resolved_holds.insert(hold.id.clone(), (HoldEnd::Committed, now.wall));
+            self.remember_resolved(&hold.id, HoldEnd::Committed, now.wall);
         }
 
         // 4. Cost beyond the hold: the work is done; the policy says how much may be taken.
