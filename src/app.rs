@@ -156,53 +156,53 @@ async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, config: C
 
 fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<Engine>, config: &Config) {
     let every = |ms: u64| Duration::from_millis(ms);
-    type Sweep = fn(&Engine);
-    let sweeps: [(Duration, Sweep); 2] = [
-        (every(config.sweep.holds_interval_ms), |e| {
-            let n = e.sweep_holds();
+    // Holds and cycles walk many accounts: keep them off the request threads.
+    let e = engine.clone();
+    every_tick(tasks, stop, every(config.sweep.holds_interval_ms), move || {
+        let e = e.clone();
+        async move {
+            let n = tokio::task::spawn_blocking(move || e.sweep_holds()).await.unwrap_or(0);
             if n > 0 {
                 tracing::debug!(expired = n, "expired reservations");
             }
-        }),
-        (every(config.sweep.cycles_interval_ms), |e| {
-            let n = e.sweep_cycles();
+        }
+    });
+    let e = engine.clone();
+    every_tick(tasks, stop, every(config.sweep.cycles_interval_ms), move || {
+        let e = e.clone();
+        async move {
+            let n = tokio::task::spawn_blocking(move || e.sweep_cycles()).await.unwrap_or(0);
             if n > 0 {
                 tracing::info!(accounts = n, "rolled accounts into a new billing cycle");
             }
-        }),
-    ];
-    for (period, sweep) in sweeps {
-        let engine = engine.clone();
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {
-                        let engine = engine.clone();
-                        // Sweeps walk many accounts: keep them off the request threads.
-                        let _ = tokio::task::spawn_blocking(move || sweep(&engine)).await;
-                    }
-                }
-            }
-        });
-    }
-    // Answers past retention or over the memory bound (this sweep does its heavy part off
-    // the request threads itself, and awaits the store's archive before evicting).
-    let (engine, stop) = (engine.clone(), stop.clone());
-    let period = every(config.sweep.requests_interval_ms);
+        }
+    });
+    // Answers past retention or over the memory bound: this sweep moves its heavy part off
+    // the request threads itself, and awaits the store's archive before evicting.
+    let e = engine.clone();
+    every_tick(tasks, stop, every(config.sweep.requests_interval_ms), move || {
+        let e = e.clone();
+        async move {
+            e.sweep_requests().await;
+            e.prune_stored_requests();
+        }
+    });
+}
+
+/// Runs `work` every `period` until `stop`; a slow run delays the next tick, never overlaps.
+fn every_tick<F, Fut>(tasks: &TaskTracker, stop: &CancellationToken, period: Duration, mut work: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let stop = stop.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => {
-                    engine.sweep_requests().await;
-                    engine.prune_stored_requests();
-                }
+                _ = tick.tick() => work().await,
             }
         }
     });
