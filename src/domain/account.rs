@@ -90,7 +90,8 @@ pub struct Account {
     pub cycle: Cycle,
     /// Always in burn-down order.
     pub grants: Vec<Grant>,
-    pub holds: BTreeMap<String, Hold>,
+    /// Boxed: a B-tree node reserves room for 11 values, and a `Hold` is large.
+    pub holds: BTreeMap<String, Box<Hold>>,
     pub usage: CycleUsage,
     /// Credits owed below zero (only with an overdraft limit).
     pub overdraft_used: Credits,
