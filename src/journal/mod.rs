@@ -12,8 +12,9 @@
 //! agree with the store again) and every waiting request is told UNAVAILABLE: it was not
 //! charged, and its request id is forgotten so a retry runs it again.
 //!
-//! A creditd crash loses: in `sync` mode nothing acknowledged; in `async` mode at most the
-//! last `flush_interval` of acknowledged changes.
+//! A creditd crash loses: in `sync` mode nothing acknowledged; in `async` mode what was
+//! acknowledged since the last completed write — about `flush_interval` plus one write,
+//! more when the writer falls behind.
 
 use crate::domain::account::Account;
 use crate::domain::audit::AuditRecord;
