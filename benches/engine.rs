@@ -331,8 +331,8 @@ fn burn_down(c: &mut Criterion) {
 }
 
 /// A typical account's state (plan grant, promo, purchase, caps, two meters, two holds),
-/// serialized as the journal writer snapshots it.
-fn typical_snapshot(id: &str, ids: &IdGenerator) -> String {
+/// as the journal writer snapshots it.
+fn typical_snapshot(id: &str, ids: &IdGenerator) -> Account {
     let wall = Utc::now();
     let now = Now { wall, mono_ms: 1_000 };
     let mut a = Account::blank(id, wall);
@@ -399,7 +399,7 @@ fn typical_snapshot(id: &str, ids: &IdGenerator) -> String {
             a.deduct(&ask, wall);
         }
     }
-    serde_json::to_string(&a).unwrap()
+    a
 }
 
 /// What one allowed CheckAndDeduct hands the journal: a ledger entry and an idempotency row.
@@ -454,7 +454,9 @@ fn group_commit(c: &mut Criterion) {
             batch.idempotency.push(row);
         }
         for account in &accounts[..snapshots] {
-            batch.accounts.push((account.clone(), snapshot.replace(&accounts[0], account)));
+            let mut state = snapshot.clone();
+            state.id = account.clone();
+            batch.accounts.push((account.clone(), creditd::store::encode_account(&state)));
         }
         batch
     };

@@ -392,7 +392,8 @@ fn memory(n: usize) {
             heap_of(&a.resolved_holds),
         );
         let json = serde_json::to_string(a).unwrap();
-        println!("memory: typical account serialized state: {} bytes of JSON", json.len());
+        let stored = creditd::store::encode_account(a);
+        println!("memory: typical account state: {} bytes stored (postcard), {} as JSON", stored.len(), json.len());
     }
     drop(sample);
     drop(cache);
@@ -437,8 +438,7 @@ fn startup(n: usize) {
     let now = clock.now();
     let ids = IdGenerator::default();
     let mut seq = Seq(0x9e37_79b9_7f4a_7c15);
-    let template_id = account_id(0);
-    let template = serde_json::to_string(&typical_account(0, now, &ids, &mut seq)).unwrap();
+    let template = typical_account(0, now, &ids, &mut seq);
     let dir = tempfile::tempdir().expect("temp dir");
 
     // Write: large batches, one transaction each, ids in key order.
@@ -453,8 +453,9 @@ fn startup(n: usize) {
             batch.accounts.reserve(end - i);
             for j in i..end {
                 let id = account_id(j);
-                let state = template.replace(&template_id, &id);
-                batch.accounts.push((id, state));
+                let mut state = template.clone();
+                state.id = id.clone();
+                batch.accounts.push((id, creditd::store::encode_account(&state)));
             }
             store.write(&batch).expect("write accounts");
             i = end;
@@ -463,8 +464,8 @@ fn startup(n: usize) {
     let wrote = started.elapsed();
     let on_disk = dir_size(dir.path());
     println!(
-        "disk: wrote {n} typical accounts ({} bytes of JSON each) in {:.2} s; data directory {:.1} MB ({:.0} bytes/account)",
-        template.len(),
+        "disk: wrote {n} typical accounts ({} bytes of state each) in {:.2} s; data directory {:.1} MB ({:.0} bytes/account)",
+        creditd::store::encode_account(&template).len(),
         secs(wrote),
         on_disk as f64 / 1e6,
         on_disk as f64 / n as f64
@@ -487,7 +488,7 @@ fn startup(n: usize) {
         assert_eq!(engine.account_count(), n);
         let (bytes, blocks, _) = heap().per(before, n);
         println!(
-            "startup: ready in {:.2} s for {n} accounts [{run}] (open {:.3} s, recover {:.2} s [SQL read + JSON parse], engine map {:.2} s); heap after start-up {:.0} bytes/account ({:.1} blocks/account)",
+            "startup: ready in {:.2} s for {n} accounts [{run}] (open {:.3} s, recover {:.2} s [SQL read + decode], engine map {:.2} s); heap after start-up {:.0} bytes/account ({:.1} blocks/account)",
             secs(t.ready),
             secs(t.opened),
             secs(t.recovered - t.opened),

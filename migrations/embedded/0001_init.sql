@@ -1,10 +1,11 @@
 -- The embedded store: current state, journal, answered requests, audit log, settings.
 -- Applied at start; PRAGMA user_version records the last migration applied.
 
--- The whole state of one account, as JSON, written with the journal records that made it.
+-- The whole state of one account (postcard-encoded), written with the journal records that
+-- made it.
 CREATE TABLE accounts (
     id          TEXT PRIMARY KEY,
-    state       TEXT NOT NULL,
+    state       BLOB NOT NULL,
     updated_ms  INTEGER NOT NULL
 );
 

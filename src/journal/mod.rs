@@ -182,7 +182,7 @@ impl Writer {
                 // Under the lock: the state and exactly the changes that produced it.
                 let mut slot = cell.lock();
                 slot.queued = false;
-                let state = serde_json::to_string(&slot.account).expect("account state serializes");
+                let state = crate::store::encode_account(&slot.account);
                 // Taken, not drained: an idle account should not keep a burst's capacity.
                 let pending = std::mem::take(&mut slot.pending);
                 drop(slot);

@@ -6,7 +6,7 @@
 //! One process owns a data directory: an exclusive lock on `LOCK` is taken at open and a
 //! second process gets a clear error instead of a corrupted store.
 
-use super::{Batch, IdemRow, Recovered, Store, StoreError};
+use super::{decode_account, Batch, IdemRow, Recovered, Store, StoreError};
 use crate::domain::account::Account;
 use crate::domain::ids::id_number;
 use fs4::fs_std::FileExt;
@@ -176,17 +176,17 @@ impl Store for EmbeddedStore {
     }
 
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError> {
-        let state: Option<String> =
+        let state: Option<Vec<u8>> =
             self.conn.query_row("SELECT state FROM accounts WHERE id = ?1", [account_id], |r| r.get(0)).optional()?;
-        Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
+        state.map(|s| decode_account(&s)).transpose()
     }
 
     fn recover(&mut self, idem_since_ms: u64) -> Result<Recovered, StoreError> {
         let mut out = Recovered::default();
         let mut stmt = self.conn.prepare("SELECT state FROM accounts")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         for state in rows {
-            out.accounts.push(serde_json::from_str(&state?)?);
+            out.accounts.push(decode_account(&state?)?);
         }
         let mut stmt = self.conn.prepare(
             "SELECT key, account_id, fingerprint, outcome, created_ms FROM answers WHERE created_ms >= ?1 ORDER BY seq",

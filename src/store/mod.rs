@@ -29,10 +29,21 @@ pub struct IdemRow {
     pub created_ms: u64,
 }
 
+/// The stored form of an account's state: compact binary (postcard), written at every group
+/// commit and read back at start-up, so its cost and size matter more than readability.
+pub fn encode_account(account: &Account) -> Vec<u8> {
+    postcard::to_stdvec(account).expect("account state encodes")
+}
+
+pub fn decode_account(bytes: &[u8]) -> Result<Account, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("account state: {e}")))
+}
+
 /// One group commit: account states and the records that produced them, written atomically.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub accounts: Vec<(String, String)>,
+    /// (account id, `encode_account` of its state)
+    pub accounts: Vec<(String, Vec<u8>)>,
     pub entries: Vec<LedgerEntry>,
     pub idempotency: Vec<IdemRow>,
     pub audit: Vec<AuditRecord>,
