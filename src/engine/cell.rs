@@ -35,13 +35,7 @@ pub struct PendingAnswer {
 
 impl PendingAnswer {
     pub fn to_row(&self, account_id: &str) -> IdemRow {
-        IdemRow {
-            request_id: self.key.clone(),
-            account_id: account_id.to_string(),
-            fingerprint: self.fingerprint,
-            outcome_json: serde_json::to_string(self.outcome.as_ref()).expect("outcome serializes"),
-            created_ms: self.created_ms,
-        }
+        super::idempotency::answer_row(&self.key, account_id, self.fingerprint, &self.outcome, self.created_ms)
     }
 }
 

@@ -7,6 +7,7 @@
 //! a miss.
 
 use super::outcome::Outcome;
+use crate::store::IdemRow;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,17 @@ pub struct IdemEntry {
     /// the outcome yet.
     pub durable: bool,
     pub created_ms: u64,
+}
+
+/// The stored form of an answer (the outcome serialized), for the journal and the archive.
+pub fn answer_row(key: &str, account_id: &str, fingerprint: u64, outcome: &Outcome, created_ms: u64) -> IdemRow {
+    IdemRow {
+        request_id: key.to_string(),
+        account_id: account_id.to_string(),
+        fingerprint,
+        outcome_json: serde_json::to_string(outcome).expect("outcome serializes"),
+        created_ms,
+    }
 }
 
 /// What a lookup found.

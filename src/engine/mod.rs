@@ -265,13 +265,7 @@ impl Engine {
         }
         let rows = victims
             .iter()
-            .map(|(key, e)| IdemRow {
-                request_id: key.clone(),
-                account_id: e.account_id.clone(),
-                fingerprint: e.fingerprint,
-                outcome_json: serde_json::to_string(e.outcome.as_ref()).expect("outcome serializes"),
-                created_ms: e.created_ms,
-            })
+            .map(|(key, e)| idempotency::answer_row(key, &e.account_id, e.fingerprint, &e.outcome, e.created_ms))
             .collect();
         match self.journal.archive(rows).await {
             Ok(()) => {

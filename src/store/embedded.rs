@@ -135,18 +135,7 @@ impl Store for EmbeddedStore {
                     body
                 ])?;
             }
-            let mut put_request = tx.prepare_cached(
-                "INSERT INTO answers (key, account_id, fingerprint, outcome, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for r in &batch.idempotency {
-                put_request.execute(params![
-                    r.request_id,
-                    r.account_id,
-                    r.fingerprint as i64,
-                    r.outcome_json,
-                    r.created_ms as i64
-                ])?;
-            }
+            put_answers(&tx, "INSERT INTO answers", batch.idempotency.iter())?;
             let mut put_audit = tx.prepare_cached(
                 "INSERT OR IGNORE INTO audit_log (id, occurred_ms, account_id, actor, operation, request_id, before_json, after_json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -236,23 +225,26 @@ impl Store for EmbeddedStore {
         let mut sorted: Vec<&IdemRow> = rows.iter().collect();
         sorted.sort_unstable_by(|a, b| a.request_id.cmp(&b.request_id)); // neighbouring pages
         let tx = self.conn.transaction()?;
-        {
-            let mut put = tx.prepare_cached(
-                "INSERT OR REPLACE INTO requests (key, account_id, fingerprint, outcome, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for r in sorted {
-                put.execute(params![
-                    r.request_id,
-                    r.account_id,
-                    r.fingerprint as i64,
-                    r.outcome_json,
-                    r.created_ms as i64
-                ])?;
-            }
-        }
+        put_answers(&tx, "INSERT OR REPLACE INTO requests", sorted.into_iter())?;
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Inserts answers into `answers` (appended) or `requests` (the archive by key): both
+/// tables share their columns. `insert` is the statement's verb and table.
+fn put_answers<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    insert: &str,
+    rows: impl Iterator<Item = &'a IdemRow>,
+) -> Result<(), StoreError> {
+    let mut put = tx.prepare_cached(&format!(
+        "{insert} (key, account_id, fingerprint, outcome, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)"
+    ))?;
+    for r in rows {
+        put.execute(params![r.request_id, r.account_id, r.fingerprint as i64, r.outcome_json, r.created_ms as i64])?;
+    }
+    Ok(())
 }
 
 /// Read-only lookups for the request path (answered request ids evicted from memory).
