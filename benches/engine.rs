@@ -19,7 +19,7 @@ use creditd::domain::spend::SpendAsk;
 use creditd::domain::Now;
 use creditd::engine::admin::{AccountSpec, Caller, GrantSpec};
 use creditd::engine::clock::SystemClock;
-use creditd::engine::idempotency::{IdemEntry, Idempotency};
+use creditd::engine::idempotency::{answer_row, IdemEntry, Idempotency};
 use creditd::engine::outcome::{DeductOutcome, Outcome};
 use creditd::engine::request::{DeductRequest, SpendTarget};
 use creditd::engine::{Engine, EngineOptions};
@@ -403,7 +403,7 @@ fn typical_snapshot(id: &str, ids: &IdGenerator) -> Account {
 }
 
 /// What one allowed CheckAndDeduct hands the journal: a ledger entry and an idempotency row.
-fn deduct_records(account: &str, n: u64, ids: &IdGenerator, outcome_json: &str) -> (LedgerEntry, IdemRow) {
+fn deduct_records(account: &str, n: u64, ids: &IdGenerator, outcome: &Outcome) -> (LedgerEntry, IdemRow) {
     let wall = Utc::now();
     let now_ms = wall.timestamp_millis() as u64;
     let request_id = uuid(n);
@@ -422,13 +422,8 @@ fn deduct_records(account: &str, n: u64, ids: &IdGenerator, outcome_json: &str) 
     });
     e.request_id = Some(request_id.clone());
     e.price_version = 3;
-    let row = IdemRow {
-        request_id: idem_key(account, &request_id),
-        account_id: account.to_string(),
-        fingerprint: n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        outcome_json: outcome_json.to_string(),
-        created_ms: now_ms,
-    };
+    let row =
+        answer_row(&idem_key(account, &request_id), account, n.wrapping_mul(0x9e37_79b9_7f4a_7c15), outcome, now_ms);
     (e, row)
 }
 
@@ -442,14 +437,14 @@ fn group_commit(c: &mut Criterion) {
     let ids = IdGenerator::default();
     let accounts: Vec<String> = (0..1_000).map(|i| format!("org-{i:07}")).collect();
     let snapshot = typical_snapshot(&accounts[0], &ids);
-    let outcome_json = serde_json::to_string(&deduct_outcome(&ids, Utc::now().timestamp_millis() as u64)).unwrap();
+    let outcome = deduct_outcome(&ids, Utc::now().timestamp_millis() as u64);
     let mut n = 0u64;
     let mut make = |k: usize, snapshots: usize| {
         let mut batch = Batch::default();
         for i in 0..k {
             n += 1;
             let account = if snapshots == 1 { &accounts[0] } else { &accounts[i] };
-            let (entry, row) = deduct_records(account, n, &ids, &outcome_json);
+            let (entry, row) = deduct_records(account, n, &ids, &outcome);
             batch.entries.push(entry);
             batch.idempotency.push(row);
         }

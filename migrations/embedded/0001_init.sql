@@ -9,26 +9,24 @@ CREATE TABLE accounts (
     updated_ms  INTEGER NOT NULL
 );
 
--- Every ledger entry, keyed by the numeric part of its time-ordered id. Written once per
--- change in the group commit; per-account queries are the accounting store's job, so no
--- secondary index slows the hot path here.
+-- The ledger, one row per group commit: its entries postcard-encoded in one blob, so a
+-- commit appends a few sequential pages however many entries it holds. `high_id` is the
+-- highest numeric entry id written so far (new ids start above it after a restart).
+-- Read in `seq` order by whoever forwards the ledger; nothing queries single entries here.
 CREATE TABLE journal (
-    id          INTEGER PRIMARY KEY,
-    account_id  TEXT NOT NULL,
-    kind        TEXT NOT NULL,
-    occurred_ms INTEGER NOT NULL,
-    body        TEXT NOT NULL
+    seq         INTEGER PRIMARY KEY,
+    written_ms  INTEGER NOT NULL,
+    high_id     INTEGER NOT NULL,
+    entries     BLOB NOT NULL
 );
 
--- Answers to request ids (idempotency), appended in commit order: sequential pages, no
--- index to update per request. Recovery reads back those within retention.
+-- Answers to request ids (idempotency), one row per group commit, postcard-encoded.
+-- `newest_ms` is the newest answer's time: a row is pruned once it is past retention, and
+-- recovery reads back the rows within it.
 CREATE TABLE answers (
     seq         INTEGER PRIMARY KEY,
-    key         TEXT NOT NULL,
-    account_id  TEXT NOT NULL,
-    fingerprint INTEGER NOT NULL,
-    outcome     TEXT NOT NULL,
-    created_ms  INTEGER NOT NULL
+    newest_ms   INTEGER NOT NULL,
+    rows        BLOB NOT NULL
 );
 
 -- Answers evicted from memory (beyond limits.idempotency_max_entries), indexed by key so a
@@ -37,7 +35,7 @@ CREATE TABLE requests (
     key         TEXT PRIMARY KEY,
     account_id  TEXT NOT NULL,
     fingerprint INTEGER NOT NULL,
-    outcome     TEXT NOT NULL,
+    outcome     BLOB NOT NULL,
     created_ms  INTEGER NOT NULL
 ) WITHOUT ROWID;
 

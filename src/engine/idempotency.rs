@@ -23,15 +23,26 @@ pub struct IdemEntry {
     pub created_ms: u64,
 }
 
-/// The stored form of an answer (the outcome serialized), for the journal and the archive.
+/// The stored form of an answer (the outcome postcard-encoded), for the journal and the archive.
 pub fn answer_row(key: &str, account_id: &str, fingerprint: u64, outcome: &Outcome, created_ms: u64) -> IdemRow {
     IdemRow {
         request_id: key.to_string(),
         account_id: account_id.to_string(),
         fingerprint,
-        outcome_json: serde_json::to_string(outcome).expect("outcome serializes"),
+        outcome: postcard::to_stdvec(outcome).expect("outcome encodes"),
         created_ms,
     }
+}
+
+/// Reads an answer back from its stored form.
+pub fn entry_from_row(row: &IdemRow) -> Result<IdemEntry, postcard::Error> {
+    Ok(IdemEntry {
+        fingerprint: row.fingerprint,
+        account_id: row.account_id.clone(),
+        outcome: Arc::new(postcard::from_bytes(&row.outcome)?),
+        durable: true,
+        created_ms: row.created_ms,
+    })
 }
 
 /// What a lookup found.

@@ -358,20 +358,11 @@ fn idem_key(account_id: &str, request_id: &str) -> String {
 }
 
 fn idem_entry_from_row(row: &IdemRow) -> Option<IdemEntry> {
-    let outcome: Outcome = match serde_json::from_str(&row.outcome_json) {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::warn!(request_id = %row.request_id, error = %e, "unreadable stored answer; the id is treated as new");
-            return None;
-        }
-    };
-    Some(IdemEntry {
-        fingerprint: row.fingerprint,
-        account_id: row.account_id.clone(),
-        outcome: Arc::new(outcome),
-        durable: true,
-        created_ms: row.created_ms,
-    })
+    idempotency::entry_from_row(row)
+        .inspect_err(|e| {
+            tracing::warn!(request_id = %row.request_id, error = %e, "unreadable stored answer; the id is treated as new")
+        })
+        .ok()
 }
 
 /// Waits until a change is durable; maps a failed write to UNAVAILABLE.

@@ -6,7 +6,7 @@
 //! One process owns a data directory: an exclusive lock on `LOCK` is taken at open and a
 //! second process gets a clear error instead of a corrupted store.
 
-use super::{decode_account, Batch, IdemRow, Recovered, Store, StoreError};
+use super::{decode_account, Batch, IdemRow, JournalChunk, Recovered, Store, StoreError};
 use crate::domain::account::Account;
 use crate::domain::ids::id_number;
 use fs4::fs_std::FileExt;
@@ -28,6 +28,8 @@ pub enum Synchronous {
 
 pub struct EmbeddedStore {
     conn: Connection,
+    /// The highest ledger entry id written, carried into every journal row.
+    high_id: u64,
     _lock: File,
 }
 
@@ -58,7 +60,9 @@ impl EmbeddedStore {
         }
         let conn = connect(&dir.join(DB_FILE), synchronous)?;
         migrate(&conn)?;
-        Ok(EmbeddedStore { conn, _lock: lock })
+        let high_id: Option<i64> =
+            conn.query_row("SELECT high_id FROM journal ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).optional()?;
+        Ok(EmbeddedStore { conn, high_id: high_id.unwrap_or(0) as u64, _lock: lock })
     }
 
     /// A second, read-only connection for lookups off the writer thread (WAL allows it).
@@ -111,6 +115,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 
 impl Store for EmbeddedStore {
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let high_id_before = self.high_id;
         let tx = self.conn.transaction()?;
         {
             let mut put_account = tx.prepare_cached(
@@ -121,21 +126,21 @@ impl Store for EmbeddedStore {
             for (id, state) in &batch.accounts {
                 put_account.execute(params![id, state, now_ms])?;
             }
-            let mut put_entry = tx.prepare_cached(
-                "INSERT OR IGNORE INTO journal (id, account_id, kind, occurred_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for e in &batch.entries {
-                let id = id_number(&e.id).ok_or_else(|| StoreError::Corrupt(format!("ledger entry id {:?}", e.id)))?;
-                let body = serde_json::to_string(e)?;
-                put_entry.execute(params![
-                    id as i64,
-                    e.account_id,
-                    e.kind.as_str(),
-                    e.occurred_at.timestamp_millis(),
-                    body
-                ])?;
+            let mut high_id = self.high_id;
+            if !batch.entries.is_empty() {
+                for e in &batch.entries {
+                    let id =
+                        id_number(&e.id).ok_or_else(|| StoreError::Corrupt(format!("ledger entry id {:?}", e.id)))?;
+                    high_id = high_id.max(id);
+                }
+                tx.prepare_cached("INSERT INTO journal (written_ms, high_id, entries) VALUES (?1, ?2, ?3)")?
+                    .execute(params![now_ms, high_id as i64, encode(&batch.entries)])?;
             }
-            put_answers(&tx, "INSERT INTO answers", batch.idempotency.iter())?;
+            if let Some(newest_ms) = batch.idempotency.iter().map(|r| r.created_ms).max() {
+                tx.prepare_cached("INSERT INTO answers (newest_ms, rows) VALUES (?1, ?2)")?
+                    .execute(params![newest_ms as i64, encode(&batch.idempotency)])?;
+            }
+            self.high_id = high_id;
             let mut put_audit = tx.prepare_cached(
                 "INSERT OR IGNORE INTO audit_log (id, occurred_ms, account_id, actor, operation, request_id, before_json, after_json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -160,7 +165,7 @@ impl Store for EmbeddedStore {
                 )?;
             }
         }
-        tx.commit()?;
+        tx.commit().inspect_err(|_| self.high_id = high_id_before)?;
         Ok(())
     }
 
@@ -177,12 +182,11 @@ impl Store for EmbeddedStore {
         for state in rows {
             out.accounts.push(decode_account(&state?)?);
         }
-        let mut stmt = self.conn.prepare(
-            "SELECT key, account_id, fingerprint, outcome, created_ms FROM answers WHERE created_ms >= ?1 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([idem_since_ms as i64], row_to_idem)?;
-        for row in rows {
-            out.idempotency.push(row?);
+        let mut stmt = self.conn.prepare("SELECT rows FROM answers WHERE newest_ms >= ?1 ORDER BY seq")?;
+        let blobs = stmt.query_map([idem_since_ms as i64], |r| r.get::<_, Vec<u8>>(0))?;
+        for blob in blobs {
+            let rows: Vec<IdemRow> = decode(&blob?, "answers")?;
+            out.idempotency.extend(rows.into_iter().filter(|r| r.created_ms >= idem_since_ms));
         }
         let book: Option<String> =
             self.conn.query_row("SELECT value FROM settings WHERE key = 'price_book'", [], |r| r.get(0)).optional()?;
@@ -190,14 +194,13 @@ impl Store for EmbeddedStore {
             out.price_book = serde_json::from_str(&book)?;
         }
         out.answers_archived = self.conn.query_row("SELECT EXISTS (SELECT 1 FROM requests)", [], |r| r.get(0))?;
-        let last_entry: Option<i64> = self.conn.query_row("SELECT max(id) FROM journal", [], |r| r.get(0))?;
-        out.id_floor = last_entry.unwrap_or(0) as u64;
+        out.id_floor = self.high_id;
         Ok(out)
     }
 
-    /// Deletes answers from the oldest row on, a chunk at a time, so the writer is never held
-    /// long and a prune with nothing to do costs one row read. The archive is small (only
-    /// what memory evicted) and is pruned in one statement.
+    /// Deletes answer rows from the oldest on, a chunk at a time, so the writer is never held
+    /// long and a prune with nothing to do costs one row read. Returns the number of rows
+    /// deleted. The archive is small (only what memory evicted) and is pruned in one statement.
     fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError> {
         const CHUNK: i64 = 10_000;
         let before = before_ms as i64;
@@ -205,13 +208,13 @@ impl Store for EmbeddedStore {
         loop {
             let oldest: Option<i64> = self
                 .conn
-                .query_row("SELECT created_ms FROM answers ORDER BY seq LIMIT 1", [], |r| r.get(0))
+                .query_row("SELECT newest_ms FROM answers ORDER BY seq LIMIT 1", [], |r| r.get(0))
                 .optional()?;
             if oldest.is_none_or(|ms| ms >= before) {
                 return Ok(pruned);
             }
             let n = self.conn.execute(
-                "DELETE FROM answers WHERE seq IN (SELECT seq FROM answers ORDER BY seq LIMIT ?1) AND created_ms < ?2",
+                "DELETE FROM answers WHERE seq IN (SELECT seq FROM answers ORDER BY seq LIMIT ?1) AND newest_ms < ?2",
                 params![CHUNK, before],
             )?;
             pruned += n;
@@ -225,31 +228,57 @@ impl Store for EmbeddedStore {
         let mut sorted: Vec<&IdemRow> = rows.iter().collect();
         sorted.sort_unstable_by(|a, b| a.request_id.cmp(&b.request_id)); // neighbouring pages
         let tx = self.conn.transaction()?;
-        put_answers(&tx, "INSERT OR REPLACE INTO requests", sorted.into_iter())?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO requests (key, account_id, fingerprint, outcome, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in sorted {
+                put.execute(params![r.request_id, r.account_id, r.fingerprint as i64, r.outcome, r.created_ms as i64])?;
+            }
+        }
         tx.commit()?;
         Ok(())
     }
+
+    fn read_journal(&mut self, after_seq: u64, limit: usize) -> Result<Vec<JournalChunk>, StoreError> {
+        read_journal(&self.conn, after_seq, limit)
+    }
 }
 
-/// Inserts answers into `answers` (appended) or `requests` (the archive by key): both
-/// tables share their columns. `insert` is the statement's verb and table.
-fn put_answers<'a>(
-    tx: &rusqlite::Transaction<'_>,
-    insert: &str,
-    rows: impl Iterator<Item = &'a IdemRow>,
-) -> Result<(), StoreError> {
-    let mut put = tx.prepare_cached(&format!(
-        "{insert} (key, account_id, fingerprint, outcome, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)"
-    ))?;
-    for r in rows {
-        put.execute(params![r.request_id, r.account_id, r.fingerprint as i64, r.outcome_json, r.created_ms as i64])?;
+/// The stored form of journal and answer rows: compact and quick to write, since every
+/// commit writes them.
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("journal records encode")
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn read_journal(conn: &Connection, after_seq: u64, limit: usize) -> Result<Vec<JournalChunk>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT seq, entries FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = stmt.query_map(params![after_seq as i64, limit as i64], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut chunks = Vec::new();
+    for row in rows {
+        let (seq, blob) = row?;
+        chunks.push(JournalChunk { seq, entries: decode(&blob, "journal entries")? });
     }
-    Ok(())
+    Ok(chunks)
 }
 
 /// Read-only lookups for the request path (answered request ids evicted from memory).
 pub struct EmbeddedReader {
     conn: std::sync::Mutex<Connection>,
+}
+
+impl EmbeddedReader {
+    /// The ledger as written so far (for tests and tools; the server reads through `Store`).
+    pub fn read_journal(&self, after_seq: u64, limit: usize) -> Result<Vec<JournalChunk>, StoreError> {
+        read_journal(&self.conn.lock().unwrap_or_else(|p| p.into_inner()), after_seq, limit)
+    }
 }
 
 impl super::RequestLookup for EmbeddedReader {
@@ -273,7 +302,7 @@ fn row_to_idem(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdemRow> {
         request_id: r.get(0)?,
         account_id: r.get(1)?,
         fingerprint: r.get::<_, i64>(2)? as u64,
-        outcome_json: r.get(3)?,
+        outcome: r.get(3)?,
         created_ms: r.get::<_, i64>(4)? as u64,
     })
 }
@@ -283,18 +312,18 @@ mod tests {
     use super::*;
 
     fn answered(id: &str, created_ms: u64) -> IdemRow {
-        IdemRow { request_id: id.into(), account_id: "a".into(), fingerprint: 7, outcome_json: "{}".into(), created_ms }
+        IdemRow { request_id: id.into(), account_id: "a".into(), fingerprint: 7, outcome: vec![1, 2], created_ms }
     }
 
     #[test]
     fn prune_forgets_only_answers_past_retention() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
-        let batch =
-            Batch { idempotency: (1..=5).map(|i| answered(&format!("r{i}"), i * 100)).collect(), ..Batch::default() };
-        store.write(&batch).unwrap();
+        for i in 1..=5 {
+            store.write(&Batch { idempotency: vec![answered(&format!("r{i}"), i * 100)], ..Batch::default() }).unwrap();
+        }
         assert_eq!(store.prune_requests(50).unwrap(), 0);
-        assert_eq!(store.prune_requests(350).unwrap(), 3);
+        assert_eq!(store.prune_requests(350).unwrap(), 3, "one commit's row each");
         let recovered = store.recover(0).unwrap();
         assert_eq!(recovered.idempotency.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["r4", "r5"]);
         assert!(!recovered.answers_archived);
@@ -312,6 +341,30 @@ mod tests {
         store.prune_requests(150).unwrap();
         assert!(reader.find_request("b").unwrap().is_none());
         assert!(reader.find_request("a").unwrap().is_some());
+    }
+
+    #[test]
+    fn the_journal_reads_back_in_commit_order_and_new_ids_start_above_it() {
+        use crate::domain::ids::IdGenerator;
+        use crate::domain::ledger::{EntryKind, LedgerEntry};
+        let dir = tempfile::tempdir().unwrap();
+        let ids = IdGenerator::default();
+        let entry = |ms| LedgerEntry::new(ids.next_string("le_", ms), "a", EntryKind::Deduct, chrono::Utc::now());
+        let early = entry(1_000);
+        let late = entry(2_000);
+        let high = id_number(&late.id).unwrap();
+        {
+            let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+            // A later id can be written in an earlier commit (accounts queue independently).
+            store.write(&Batch { entries: vec![late.clone()], ..Batch::default() }).unwrap();
+            store.write(&Batch { entries: vec![early.clone()], ..Batch::default() }).unwrap();
+        }
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        assert_eq!(store.recover(0).unwrap().id_floor, high);
+        let chunks = store.read_journal(0, 10).unwrap();
+        let read: Vec<&LedgerEntry> = chunks.iter().flat_map(|c| &c.entries).collect();
+        assert_eq!(read, [&late, &early]);
+        assert_eq!(store.read_journal(chunks[0].seq, 10).unwrap()[0].entries, [early]);
     }
 
     #[test]

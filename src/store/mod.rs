@@ -19,14 +19,22 @@ pub enum StoreError {
     Locked(String),
 }
 
-/// An answered request id as stored, with its answer serialized.
-#[derive(Clone, Debug)]
+/// An answered request id as stored, with its answer encoded (`engine::idempotency`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct IdemRow {
     pub request_id: String,
     pub account_id: String,
     pub fingerprint: u64,
-    pub outcome_json: String,
+    pub outcome: Vec<u8>,
     pub created_ms: u64,
+}
+
+/// The ledger entries of one group commit, in the order they were made.
+#[derive(Debug)]
+pub struct JournalChunk {
+    /// Increases with every commit: read on from the last one seen.
+    pub seq: u64,
+    pub entries: Vec<LedgerEntry>,
 }
 
 /// The stored form of an account's state: compact binary (postcard), written at every group
@@ -78,6 +86,8 @@ pub trait Store: Send + 'static {
     fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError>;
     /// Indexes answers by key before memory lets go of them, so `RequestLookup` finds them.
     fn archive_answers(&mut self, rows: &[IdemRow]) -> Result<(), StoreError>;
+    /// The ledger from the commit after `after_seq` on, at most `limit` commits.
+    fn read_journal(&mut self, after_seq: u64, limit: usize) -> Result<Vec<JournalChunk>, StoreError>;
 }
 
 /// Looks up an answered request id off the writer's connection (for ids evicted from memory).

@@ -220,6 +220,13 @@ impl creditd::store::Store for FlakyStore {
     fn archive_answers(&mut self, rows: &[creditd::store::IdemRow]) -> Result<(), creditd::store::StoreError> {
         self.inner.archive_answers(rows)
     }
+    fn read_journal(
+        &mut self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<creditd::store::JournalChunk>, creditd::store::StoreError> {
+        self.inner.read_journal(after_seq, limit)
+    }
 }
 
 #[tokio::test]

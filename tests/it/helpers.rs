@@ -87,6 +87,13 @@ impl TestServer {
         self.channel.clone()
     }
 
+    /// The ledger written to the store so far, in order (read off a second connection).
+    pub fn ledger(&self) -> Vec<creditd::domain::ledger::LedgerEntry> {
+        let reader = creditd::store::embedded::EmbeddedStore::reader(&self.data_dir).unwrap();
+        let chunks = reader.read_journal(0, usize::MAX >> 1).unwrap();
+        chunks.into_iter().flat_map(|c| c.entries).collect()
+    }
+
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }

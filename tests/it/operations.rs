@@ -141,16 +141,9 @@ async fn the_cycle_sweep_renews_idle_accounts() {
         .await
         .unwrap();
     s.advance(Duration::from_secs(9 * 24 * 3600));
-    let db = creditd::store::embedded::EmbeddedStore::path(&s.data_dir);
     for _ in 0..300 {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        let renewed: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM journal WHERE json_extract(body, '$.metadata.reason') = 'plan_renewed'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let renewed =
+            s.ledger().iter().filter(|e| e.metadata.get("reason").is_some_and(|r| r == "plan_renewed")).count();
         if renewed == 2 {
             return;
         }

@@ -1,6 +1,7 @@
 //! Reserve → Commit / Release / Extend / expiry, and the three overage policies.
 
 use crate::helpers::*;
+use creditd::domain::ledger::EntryKind;
 use creditd::proto::v1 as pb;
 use std::time::Duration;
 
@@ -142,11 +143,8 @@ async fn the_sweeper_expires_holds_of_idle_accounts() {
     s.advance(Duration::from_secs(2));
     // No request touches the account (a read would expire it lazily): watch the store for
     // the sweeper's expire_hold entry instead.
-    let db = creditd::store::embedded::EmbeddedStore::path(&s.data_dir);
     for _ in 0..300 {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        let expired: i64 =
-            conn.query_row("SELECT count(*) FROM journal WHERE kind = 'expire_hold'", [], |r| r.get(0)).unwrap();
+        let expired = s.ledger().iter().filter(|e| e.kind == EntryKind::ExpireHold).count();
         if expired == 1 {
             return;
         }

@@ -2,6 +2,7 @@
 //! cap, purchases carry forward, cycle spend resets; plan changes and subscription states.
 
 use crate::helpers::*;
+use creditd::domain::ledger::{EntryKind, LedgerEntry};
 use creditd::proto::v1 as pb;
 use std::time::Duration;
 
@@ -62,15 +63,12 @@ async fn the_plan_renews_and_unused_credits_expire_beyond_the_rollover_cap() {
     assert!(plan_grants.iter().all(|g| g.expires_at.unwrap().seconds == jan), "both expire at the next reset");
 
     // The ledger tells the story: 700 expired, 100 carried, 1000 renewed.
-    let conn = rusqlite::Connection::open(creditd::store::embedded::EmbeddedStore::path(&s.data_dir)).unwrap();
     s.running.as_ref().unwrap().engine.flush().await.unwrap();
-    let expired: String = conn
-        .query_row("SELECT json_extract(body, '$.credits') FROM journal WHERE kind = 'expire_grant'", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(expired, "700");
-    let renewed: i64 = conn
-        .query_row("SELECT count(*) FROM journal WHERE kind = 'grant' AND json_extract(body, '$.metadata.reason') = 'plan_renewed'", [], |r| r.get(0))
-        .unwrap();
+    let ledger = s.ledger();
+    let expired: Vec<String> =
+        ledger.iter().filter(|e| e.kind == EntryKind::ExpireGrant).map(|e| e.credits.to_string()).collect();
+    assert_eq!(expired, ["700"]);
+    let renewed = ledger.iter().filter(|e| e.kind == EntryKind::Grant && reason(e) == Some("plan_renewed")).count();
     assert_eq!(renewed, 2, "one at creation, one at the reset");
 }
 
@@ -147,4 +145,8 @@ async fn anchored_cycles_reset_on_their_day() {
     assert_eq!(b.cycle_end.unwrap().seconds, day("2026-11-25T00:00:00Z"));
     s.advance(Duration::from_secs(2 * 24 * 3600));
     assert_eq!(s.balance("acme").await.cycle_end.unwrap().seconds, day("2026-12-25T00:00:00Z"));
+}
+
+fn reason(e: &LedgerEntry) -> Option<&str> {
+    e.metadata.get("reason").map(String::as_str)
 }
