@@ -78,6 +78,7 @@ fn decision(c: &mut Criterion) {
 
 fn engine(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _in_runtime = runtime.enter(); // the journal delivers wake-ups there
     let dir = tempfile::tempdir().unwrap();
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     let recovered = store.recover(0).unwrap();

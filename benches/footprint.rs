@@ -482,6 +482,8 @@ fn startup(n: usize) {
     // Twice: a fresh process (the heap must come from the kernel, page by page), then again
     // in the same process (the heap reuses what the first engine freed). The difference is
     // what obtaining fresh memory costs on this machine.
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let _in_runtime = runtime.enter(); // the journal delivers wake-ups there
     for run in ["1st start, heap mostly fresh from the kernel", "2nd start, heap reused"] {
         let before = heap();
         let (engine, writer, t) = start(dir.path(), clock.clone());

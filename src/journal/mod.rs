@@ -53,6 +53,9 @@ enum Msg {
     Stop(Waiter),
 }
 
+/// The outcomes of one commit, for the requests waiting on it.
+type Settled = Vec<(Waiter, Result<(), StoreError>)>;
+
 /// The handle the engine holds. Cloning shares the one writer.
 #[derive(Clone)]
 pub struct Journal {
@@ -69,7 +72,8 @@ pub struct JournalOptions {
 
 impl Journal {
     /// Starts the writer thread over `store`. It stops when every `Journal` is dropped, after
-    /// writing what was queued.
+    /// writing what was queued. Must be called within the tokio runtime that serves
+    /// requests: their wake-ups are delivered there.
     pub fn start(
         store: Box<dyn Store>,
         idempotency: Arc<Idempotency>,
@@ -77,7 +81,9 @@ impl Journal {
         options: JournalOptions,
     ) -> (Journal, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
-        let writer = Writer { store, clock, idempotency, rx, options: options.clone() };
+        let (settled, deliveries) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(deliver(deliveries));
+        let writer = Writer { store, clock, idempotency, rx, settled, options: options.clone() };
         let handle = std::thread::Builder::new()
             .name("creditd-journal".into())
             .spawn(move || writer.run())
@@ -137,11 +143,24 @@ impl Journal {
     }
 }
 
+/// Wakes the requests of each commit from inside the runtime. Woken one by one from the
+/// writer thread, every request would cost a cross-thread wake-up (an eventfd write, and on
+/// a shared core a context switch) and its response would leave in a TCP write of its own;
+/// woken here together, their responses share the writes.
+async fn deliver(mut deliveries: tokio::sync::mpsc::UnboundedReceiver<Settled>) {
+    while let Some(settled) = deliveries.recv().await {
+        for (waiter, result) in settled {
+            let _ = waiter.send(result);
+        }
+    }
+}
+
 struct Writer {
     store: Box<dyn Store>,
     clock: Arc<dyn Clock>,
     idempotency: Arc<Idempotency>,
     rx: mpsc::Receiver<Msg>,
+    settled: tokio::sync::mpsc::UnboundedSender<Settled>,
     options: JournalOptions,
 }
 
@@ -218,19 +237,16 @@ impl Writer {
 
     fn write(&mut self, round: Round) {
         let result = if round.batch.is_empty() { Ok(()) } else { self.store.write(&round.batch) };
+        let mut settled = Settled::with_capacity(round.pending.len() + round.waiters.len());
         match result {
             Ok(()) => {
                 for p in round.pending {
                     if let Some(answer) = &p.answer {
                         self.idempotency.mark_durable(&answer.key);
                     }
-                    if let Some(w) = p.waiter {
-                        let _ = w.send(Ok(()));
-                    }
+                    settled.extend(p.waiter.map(|w| (w, Ok(()))));
                 }
-                for w in round.waiters {
-                    let _ = w.send(Ok(()));
-                }
+                settled.extend(round.waiters.into_iter().map(|w| (w, Ok(()))));
             }
             Err(e) => {
                 tracing::error!(error = %e, accounts = round.cells.len(), "journal write failed; reloading the affected accounts");
@@ -242,14 +258,14 @@ impl Writer {
                     if let Some(answer) = &p.answer {
                         self.idempotency.forget(&answer.key);
                     }
-                    if let Some(w) = p.waiter {
-                        let _ = w.send(Err(e.clone()));
-                    }
+                    settled.extend(p.waiter.map(|w| (w, Err(e.clone()))));
                 }
-                for w in round.waiters {
-                    let _ = w.send(Err(e.clone()));
-                }
+                settled.extend(round.waiters.into_iter().map(|w| (w, Err(e.clone()))));
             }
+        }
+        if !settled.is_empty() {
+            // Fails only once the runtime is gone; its requests are gone with it.
+            let _ = self.settled.send(settled);
         }
     }
 
