@@ -1,5 +1,5 @@
 //! creditd: a gRPC metering sidecar and quota server for AI platforms.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one allowed exception: the journal writer's priority (src/journal)
 
 pub mod api;
 pub mod app;
