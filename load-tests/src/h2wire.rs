@@ -23,6 +23,8 @@ const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const OUR_WINDOW: u32 = (1 << 31) - 1;
+/// How close to a wake-up time `read` stops trusting the timer (see there).
+const SPIN_BELOW: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub enum Event {
     /// The stream ended; `message` is the gRPC message without its 5-byte prefix, or `None`
@@ -108,13 +110,28 @@ impl Connection {
 
     /// Reads what has arrived (waiting at most until `wake`) and returns finished streams.
     pub async fn read(&mut self, wake: Option<Instant>) -> io::Result<Vec<Event>> {
-        let read = self.tcp.read_buf(&mut self.input);
         let n = match wake {
-            Some(at) => match tokio::time::timeout_at(at.into(), read).await {
+            // tokio's timer ticks in whole milliseconds: an open loop sleeping on it sends up
+            // to 1 ms late, and that lateness would be counted as server latency. Near the
+            // wake-up time, poll instead (the load core has nothing else to do).
+            Some(at) if at <= Instant::now() + SPIN_BELOW => loop {
+                match self.tcp.try_read_buf(&mut self.input) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= at {
+                            return Ok(Vec::new());
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            },
+            Some(at) => match tokio::time::timeout_at((at - SPIN_BELOW).into(), self.tcp.read_buf(&mut self.input)).await
+            {
                 Ok(r) => r?,
                 Err(_) => return Ok(Vec::new()),
             },
-            None => read.await?,
+            None => self.tcp.read_buf(&mut self.input).await?,
         };
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection"));
