@@ -9,6 +9,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// Every request allocates a few dozen small blocks (ids, entries, answers, the protobuf
+/// messages) on one thread and frees many on the journal writer's: glibc's allocator spent
+/// a fifth of the request thread's time there, mostly consolidating free lists.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "creditd",

@@ -10,6 +10,10 @@ use creditd::proto::v1::metering_server::{Metering, MeteringServer};
 use dashmap::DashMap;
 use tonic::{Request, Response, Status};
 
+/// The same allocator as creditd, so the ratio compares like with like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:50061")]
