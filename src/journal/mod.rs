@@ -195,17 +195,30 @@ fn yield_to_requests() {
     }
 }
 
+impl Round {
+    /// Empties the round for the next commit, keeping its capacity.
+    fn clear(&mut self) {
+        self.batch.clear();
+        self.cells.clear();
+        self.pending.clear();
+        self.waiters.clear();
+    }
+}
+
 impl Writer {
     fn run(mut self) {
         yield_to_requests();
+        // One round, reused: a busy commit holds thousands of records, and vectors that big
+        // come fresh from the kernel (page faults, zeroing) each time they are rebuilt.
+        let mut round = Round::default();
         while let Ok(first) = self.rx.recv() {
-            let mut round = Round::default();
             self.take(first, &mut round);
             while let Ok(more) = self.rx.try_recv() {
                 self.take(more, &mut round);
             }
             let stop = round.stop.take();
-            self.write(round);
+            self.write(&mut round);
+            round.clear();
             if let Some(waiter) = stop {
                 let _ = waiter.send(Ok(()));
                 return;
@@ -257,23 +270,23 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, round: Round) {
+    fn write(&mut self, round: &mut Round) {
         let result = if round.batch.is_empty() { Ok(()) } else { self.store.write(&round.batch) };
         let mut settled = Settled::with_capacity(round.pending.len() + round.waiters.len());
         match result {
             Ok(()) => {
                 let sync = self.options.durability == Durability::Sync;
-                for p in round.pending {
+                for p in round.pending.drain(..) {
                     if let Some(answer) = p.answer.as_ref().filter(|_| sync) {
                         self.idempotency.mark_durable(&answer.key); // async answers start durable
                     }
                     settled.extend(p.waiter.map(|w| (w, Ok(()))));
                 }
-                settled.extend(round.waiters.into_iter().map(|w| (w, Ok(()))));
+                settled.extend(round.waiters.drain(..).map(|w| (w, Ok(()))));
             }
             Err(e) => {
                 tracing::error!(error = %e, accounts = round.cells.len(), "journal write failed; reloading the affected accounts");
-                let mut failed = round.pending;
+                let mut failed: Vec<Pending> = round.pending.drain(..).collect();
                 for cell in &round.cells {
                     failed.extend(self.reload(cell));
                 }
@@ -283,7 +296,7 @@ impl Writer {
                     }
                     settled.extend(p.waiter.map(|w| (w, Err(e.clone()))));
                 }
-                settled.extend(round.waiters.into_iter().map(|w| (w, Err(e.clone()))));
+                settled.extend(round.waiters.drain(..).map(|w| (w, Err(e.clone()))));
             }
         }
         if !settled.is_empty() {

@@ -28,6 +28,8 @@ pub enum Synchronous {
 
 pub struct EmbeddedStore {
     conn: Connection,
+    /// Encoding buffer for journal and answer rows, reused across commits.
+    buf: Vec<u8>,
     /// The highest ledger entry id written, carried into every journal row.
     high_id: u64,
     _lock: File,
@@ -62,7 +64,7 @@ impl EmbeddedStore {
         migrate(&conn)?;
         let high_id: Option<i64> =
             conn.query_row("SELECT high_id FROM journal ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).optional()?;
-        Ok(EmbeddedStore { conn, high_id: high_id.unwrap_or(0) as u64, _lock: lock })
+        Ok(EmbeddedStore { conn, buf: Vec::new(), high_id: high_id.unwrap_or(0) as u64, _lock: lock })
     }
 
     /// A second, read-only connection for lookups off the writer thread (WAL allows it).
@@ -133,12 +135,14 @@ impl Store for EmbeddedStore {
                         id_number(&e.id).ok_or_else(|| StoreError::Corrupt(format!("ledger entry id {:?}", e.id)))?;
                     high_id = high_id.max(id);
                 }
+                encode_into(&mut self.buf, &batch.entries);
                 tx.prepare_cached("INSERT INTO journal (written_ms, high_id, entries) VALUES (?1, ?2, ?3)")?
-                    .execute(params![now_ms, high_id as i64, encode(&batch.entries)])?;
+                    .execute(params![now_ms, high_id as i64, self.buf])?;
             }
             if let Some(newest_ms) = batch.idempotency.iter().map(|r| r.created_ms).max() {
+                encode_into(&mut self.buf, &batch.idempotency);
                 tx.prepare_cached("INSERT INTO answers (newest_ms, rows) VALUES (?1, ?2)")?
-                    .execute(params![newest_ms as i64, encode(&batch.idempotency)])?;
+                    .execute(params![newest_ms as i64, self.buf])?;
             }
             self.high_id = high_id;
             let mut put_audit = tx.prepare_cached(
@@ -247,9 +251,10 @@ impl Store for EmbeddedStore {
 }
 
 /// The stored form of journal and answer rows: compact and quick to write, since every
-/// commit writes them.
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("journal records encode")
+/// commit writes them. Encodes into `buf`, replacing what it held.
+fn encode_into<T: serde::Serialize>(buf: &mut Vec<u8>, value: &T) {
+    buf.clear();
+    *buf = postcard::to_extend(value, std::mem::take(buf)).expect("journal records encode");
 }
 
 fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, StoreError> {

@@ -59,6 +59,15 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Empties the batch, keeping its capacity.
+    pub fn clear(&mut self) {
+        self.accounts.clear();
+        self.entries.clear();
+        self.idempotency.clear();
+        self.audit.clear();
+        self.price_book = None;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.accounts.is_empty() && self.entries.is_empty() && self.audit.is_empty() && self.price_book.is_none()
     }
