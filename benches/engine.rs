@@ -19,7 +19,7 @@ use creditd::domain::spend::SpendAsk;
 use creditd::domain::Now;
 use creditd::engine::admin::{AccountSpec, Caller, GrantSpec};
 use creditd::engine::clock::SystemClock;
-use creditd::engine::idempotency::{answer_row, IdemEntry, Idempotency};
+use creditd::engine::idempotency::{answer_row, Answered, IdemEntry, Idempotency};
 use creditd::engine::outcome::{DeductOutcome, Outcome};
 use creditd::engine::request::{DeductRequest, SpendTarget};
 use creditd::engine::{Engine, EngineOptions};
@@ -226,9 +226,7 @@ fn answered_requests(n: usize) -> (Idempotency, Vec<String>) {
         let key = idem_key(&account, &uuid(i as u64));
         let entry = IdemEntry {
             fingerprint: IDEM_FINGERPRINT,
-            account_id: account,
-            outcome: Arc::new(deduct_outcome(&ids, now_ms)),
-            durable: true,
+            answer: Answered::new(deduct_outcome(&ids, now_ms), true),
             created_ms: now_ms,
         };
         table.insert(key.clone(), entry);

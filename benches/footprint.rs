@@ -24,7 +24,7 @@ use creditd::domain::spend::SpendAsk;
 use creditd::domain::Now;
 use creditd::engine::cell::{AccountCell, Pending};
 use creditd::engine::clock::{Clock, SystemClock};
-use creditd::engine::idempotency::{IdemEntry, Idempotency};
+use creditd::engine::idempotency::{Answered, IdemEntry, Idempotency};
 use creditd::engine::outcome::{DeductOutcome, Outcome};
 use creditd::engine::{Engine, EngineOptions};
 use creditd::journal::{Durability, Journal, JournalOptions};
@@ -291,24 +291,25 @@ fn bare_account(i: usize, now: Now, ids: &IdGenerator) -> Account {
 }
 
 /// An answered CheckAndDeduct as the engine remembers it.
-fn deduct_entry(account: &str, now_ms: u64, ids: &IdGenerator) -> IdemEntry {
+fn deduct_entry(now_ms: u64, ids: &IdGenerator) -> IdemEntry {
     IdemEntry {
         fingerprint: 0x9e37_79b9_7f4a_7c15 ^ now_ms,
-        account_id: account.to_string(),
-        outcome: Arc::new(Outcome::Deduct(DeductOutcome {
-            denial: None,
-            credits_charged: Decimal::new(45, 4),
-            allocations: vec![Allocation {
-                grant_id: ids.next_string("gr_", now_ms),
-                kind: GrantKind::Plan,
-                credits: Decimal::new(45, 4),
-            }],
-            balance: Decimal::new(149_621_235, 4),
-            cycle_spend: Decimal::new(378_765, 4),
-            ledger_entry_id: ids.next_string("le_", now_ms),
-            price_version: 3,
-        })),
-        durable: true,
+        answer: Answered::new(
+            Outcome::Deduct(DeductOutcome {
+                denial: None,
+                credits_charged: Decimal::new(45, 4),
+                allocations: vec![Allocation {
+                    grant_id: ids.next_string("gr_", now_ms),
+                    kind: GrantKind::Plan,
+                    credits: Decimal::new(45, 4),
+                }],
+                balance: Decimal::new(149_621_235, 4),
+                cycle_spend: Decimal::new(378_765, 4),
+                ledger_entry_id: ids.next_string("le_", now_ms),
+                price_version: 3,
+            }),
+            true,
+        ),
         created_ms: now_ms,
     }
 }
@@ -409,7 +410,7 @@ fn memory(n: usize) {
     let now_ms = now.wall_ms();
     for i in 0..n {
         let account = account_id(i % 1_000);
-        let entry = deduct_entry(&account, now_ms, &ids);
+        let entry = deduct_entry(now_ms, &ids);
         table.insert(idem_key(&account, &seq.uuid()), entry);
     }
     let (bytes, blocks, _) = heap().per(before, n);

@@ -126,11 +126,12 @@ impl Connection {
                     Err(e) => return Err(e),
                 }
             },
-            Some(at) => match tokio::time::timeout_at((at - SPIN_BELOW).into(), self.tcp.read_buf(&mut self.input)).await
-            {
-                Ok(r) => r?,
-                Err(_) => return Ok(Vec::new()),
-            },
+            Some(at) => {
+                match tokio::time::timeout_at((at - SPIN_BELOW).into(), self.tcp.read_buf(&mut self.input)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(Vec::new()),
+                }
+            }
             None => self.tcp.read_buf(&mut self.input).await?,
         };
         if n == 0 {

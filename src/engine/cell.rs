@@ -5,7 +5,7 @@
 //! takes them together with a snapshot of the state they produced, so the store always
 //! receives a state and exactly the records that led to it.
 
-use super::outcome::Outcome;
+use super::idempotency::Answered;
 use crate::domain::account::Account;
 use crate::domain::audit::AuditRecord;
 use crate::domain::ledger::LedgerEntry;
@@ -29,13 +29,13 @@ pub struct Pending {
 pub struct PendingAnswer {
     pub key: String,
     pub fingerprint: u64,
-    pub outcome: Arc<Outcome>,
+    pub answer: Arc<Answered>,
     pub created_ms: u64,
 }
 
 impl PendingAnswer {
     pub fn to_row(&self, account_id: &str) -> IdemRow {
-        super::idempotency::answer_row(&self.key, account_id, self.fingerprint, &self.outcome, self.created_ms)
+        super::idempotency::answer_row(&self.key, account_id, self.fingerprint, &self.answer.outcome, self.created_ms)
     }
 }
 

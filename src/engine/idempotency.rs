@@ -15,12 +15,36 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct IdemEntry {
     pub fingerprint: u64,
-    pub account_id: String,
-    pub outcome: Arc<Outcome>,
+    pub answer: Arc<Answered>,
+    pub created_ms: u64,
+}
+
+/// An answer, shared by the map and the journal writer, which marks it durable in place.
+#[derive(Debug)]
+pub struct Answered {
+    pub outcome: Outcome,
     /// False until the change is durable: a duplicate arriving before that cannot be told
     /// the outcome yet.
-    pub durable: bool,
-    pub created_ms: u64,
+    durable: AtomicBool,
+}
+
+impl Answered {
+    pub fn new(outcome: Outcome, durable: bool) -> Arc<Self> {
+        Arc::new(Answered { outcome, durable: AtomicBool::new(durable) })
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    pub fn mark_durable(&self) {
+        self.durable.store(true, Ordering::Release);
+    }
+}
+
+/// The account part of an idempotency key (`engine::idem_key`).
+pub fn account_of(key: &str) -> &str {
+    key.split('\u{1f}').next().unwrap_or(key)
 }
 
 /// The stored form of an answer (the outcome postcard-encoded), for the journal and the archive.
@@ -38,9 +62,7 @@ pub fn answer_row(key: &str, account_id: &str, fingerprint: u64, outcome: &Outco
 pub fn entry_from_row(row: &IdemRow) -> Result<IdemEntry, postcard::Error> {
     Ok(IdemEntry {
         fingerprint: row.fingerprint,
-        account_id: row.account_id.clone(),
-        outcome: Arc::new(postcard::from_bytes(&row.outcome)?),
-        durable: true,
+        answer: Answered::new(postcard::from_bytes(&row.outcome)?, true),
         created_ms: row.created_ms,
     })
 }
@@ -48,7 +70,7 @@ pub fn entry_from_row(row: &IdemRow) -> Result<IdemEntry, postcard::Error> {
 /// What a lookup found.
 pub enum Seen {
     New,
-    Replay(Arc<Outcome>),
+    Replay(Arc<Answered>),
     Mismatch,
     InFlight,
 }
@@ -70,8 +92,8 @@ impl Idempotency {
         match self.entries.get(request_id) {
             None => Seen::New,
             Some(e) if e.fingerprint != fingerprint => Seen::Mismatch,
-            Some(e) if !e.durable => Seen::InFlight,
-            Some(e) => Seen::Replay(e.outcome.clone()),
+            Some(e) if !e.answer.is_durable() => Seen::InFlight,
+            Some(e) => Seen::Replay(e.answer.clone()),
         }
     }
 
@@ -81,12 +103,6 @@ impl Idempotency {
 
     pub fn insert(&self, request_id: String, entry: IdemEntry) {
         self.entries.insert(request_id, entry);
-    }
-
-    pub fn mark_durable(&self, request_id: &str) {
-        if let Some(mut e) = self.entries.get_mut(request_id) {
-            e.durable = true;
-        }
     }
 
     /// Forgets an answer whose change never became durable: a retry must run it again.
@@ -111,7 +127,7 @@ impl Idempotency {
     pub fn expire(&self, now_ms: u64) -> usize {
         let before = self.entries.len();
         let cutoff = now_ms.saturating_sub(self.retention_ms);
-        self.entries.retain(|_, e| e.created_ms >= cutoff || !e.durable);
+        self.entries.retain(|_, e| e.created_ms >= cutoff || !e.answer.is_durable());
         before - self.entries.len()
     }
 
@@ -121,8 +137,12 @@ impl Idempotency {
         if over == 0 {
             return Vec::new();
         }
-        let mut durable: Vec<(String, IdemEntry)> =
-            self.entries.iter().filter(|e| e.durable).map(|e| (e.key().clone(), e.value().clone())).collect();
+        let mut durable: Vec<(String, IdemEntry)> = self
+            .entries
+            .iter()
+            .filter(|e| e.answer.is_durable())
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
         durable.sort_unstable_by_key(|(_, e)| e.created_ms);
         durable.truncate(over);
         durable
@@ -179,22 +199,17 @@ mod tests {
     use super::*;
 
     fn entry(ms: u64, durable: bool) -> IdemEntry {
-        IdemEntry {
-            fingerprint: 1,
-            account_id: "a".into(),
-            outcome: Arc::new(Outcome::AccountChanged),
-            durable,
-            created_ms: ms,
-        }
+        IdemEntry { fingerprint: 1, answer: Answered::new(Outcome::AccountChanged, durable), created_ms: ms }
     }
 
     #[test]
     fn replay_mismatch_and_in_flight() {
         let t = Idempotency::new(1000, 10);
         assert!(matches!(t.check("r", 1), Seen::New));
-        t.insert("r".into(), entry(0, false));
+        let e = entry(0, false);
+        t.insert("r".into(), e.clone());
         assert!(matches!(t.check("r", 1), Seen::InFlight));
-        t.mark_durable("r");
+        e.answer.mark_durable();
         assert!(matches!(t.check("r", 1), Seen::Replay(_)));
         assert!(matches!(t.check("r", 2), Seen::Mismatch));
     }

@@ -67,7 +67,7 @@ impl Engine {
         let fingerprint = req.fingerprint();
         if let Some(k) = &key {
             if let Some(seen) = self.seen(k, fingerprint)? {
-                let narrowed = expect_outcome(replayed(&seen), |o| match o {
+                let narrowed = expect_outcome(replayed(&seen.outcome), |o| match o {
                     Outcome::Deduct(d) => Some(d),
                     _ => None,
                 });
@@ -132,7 +132,7 @@ impl Engine {
             }
             let fingerprint = req.fingerprint();
             if let Some(seen) = self.seen(&key, fingerprint)? {
-                return expect_outcome(replayed(&seen), |o| match o {
+                return expect_outcome(replayed(&seen.outcome), |o| match o {
                     Outcome::Reserve(r) => Some(r),
                     _ => None,
                 });
@@ -315,7 +315,7 @@ impl Engine {
         let (durable, answer) = {
             let mut slot = cell.lock();
             if let Some(seen) = self.seen(&key, fingerprint)? {
-                return Ok(replayed(&seen));
+                return Ok(replayed(&seen.outcome));
             }
             let now = self.clock.now();
             let mut entries = slot.account.advance(now, &self.ids);

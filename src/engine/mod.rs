@@ -26,7 +26,7 @@ use crate::store::{IdemRow, Recovered, RequestLookup, StoreError};
 use cell::{AccountCell, Pending, PendingAnswer, Slot};
 use clock::Clock;
 use dashmap::DashMap;
-use idempotency::{IdemEntry, Idempotency, Seen};
+use idempotency::{Answered, IdemEntry, Idempotency, Seen};
 use outcome::Outcome;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -173,17 +173,10 @@ impl Engine {
         }
         let sync = self.journal.durability == Durability::Sync;
         let answer = change.answer.map(|(key, fingerprint, outcome)| {
-            let outcome = Arc::new(outcome);
+            let answer = Answered::new(outcome, !sync); // async answers start durable
             let created_ms = self.clock.now().wall_ms();
-            let entry = IdemEntry {
-                fingerprint,
-                account_id: cell.id.clone(),
-                outcome: outcome.clone(),
-                durable: !sync,
-                created_ms,
-            };
-            self.idempotency.insert(key.clone(), entry);
-            PendingAnswer { key, fingerprint, outcome, created_ms }
+            self.idempotency.insert(key.clone(), IdemEntry { fingerprint, answer: answer.clone(), created_ms });
+            PendingAnswer { key, fingerprint, answer, created_ms }
         });
         let (waiter, durable) = if sync && change.wait {
             let (tx, rx) = oneshot::channel();
@@ -199,10 +192,10 @@ impl Engine {
     }
 
     /// Looks a request id up under the account's lock.
-    fn seen(&self, key: &str, fingerprint: u64) -> Result<Option<Arc<Outcome>>, Error> {
+    fn seen(&self, key: &str, fingerprint: u64) -> Result<Option<Arc<Answered>>, Error> {
         match self.idempotency.check(key, fingerprint) {
             Seen::New => Ok(None),
-            Seen::Replay(outcome) => Ok(Some(outcome)),
+            Seen::Replay(answer) => Ok(Some(answer)),
             Seen::Mismatch => Err(Error::AlreadyExists(
                 "request_id was already used with different arguments; use a new request_id for a new operation".into(),
             )),
@@ -265,7 +258,15 @@ impl Engine {
         }
         let rows = victims
             .iter()
-            .map(|(key, e)| idempotency::answer_row(key, &e.account_id, e.fingerprint, &e.outcome, e.created_ms))
+            .map(|(key, e)| {
+                idempotency::answer_row(
+                    key,
+                    idempotency::account_of(key),
+                    e.fingerprint,
+                    &e.answer.outcome,
+                    e.created_ms,
+                )
+            })
             .collect();
         match self.journal.archive(rows).await {
             Ok(()) => {

@@ -220,6 +220,8 @@ impl Writer {
             self.write(&mut round);
             round.clear();
             if let Some(waiter) = stop {
+                // Close the store first: whoever waits may reopen the data directory at once.
+                drop(self);
                 let _ = waiter.send(Ok(()));
                 return;
             }
@@ -275,10 +277,9 @@ impl Writer {
         let mut settled = Settled::with_capacity(round.pending.len() + round.waiters.len());
         match result {
             Ok(()) => {
-                let sync = self.options.durability == Durability::Sync;
                 for p in round.pending.drain(..) {
-                    if let Some(answer) = p.answer.as_ref().filter(|_| sync) {
-                        self.idempotency.mark_durable(&answer.key); // async answers start durable
+                    if let Some(pending) = &p.answer {
+                        pending.answer.mark_durable();
                     }
                     settled.extend(p.waiter.map(|w| (w, Ok(()))));
                 }
