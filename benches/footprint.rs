@@ -32,7 +32,7 @@ use creditd::store::embedded::{EmbeddedStore, Synchronous};
 use creditd::store::{Batch, RequestLookup, Store};
 use dashmap::DashMap;
 use rust_decimal::Decimal;
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeMap;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -41,14 +41,17 @@ use std::time::{Duration, Instant};
 
 // ---- counting allocator -------------------------------------------------------------------
 
+/// Counts live bytes and blocks over the allocator the server uses.
 struct Counting;
+
+const INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { INNER.alloc(layout) };
         if !p.is_null() {
             LIVE_BYTES.fetch_add(layout.size(), Relaxed);
             LIVE_BLOCKS.fetch_add(1, Relaxed);
@@ -57,7 +60,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { INNER.alloc_zeroed(layout) };
         if !p.is_null() {
             LIVE_BYTES.fetch_add(layout.size(), Relaxed);
             LIVE_BLOCKS.fetch_add(1, Relaxed);
@@ -66,13 +69,13 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { INNER.dealloc(ptr, layout) };
         LIVE_BYTES.fetch_sub(layout.size(), Relaxed);
         LIVE_BLOCKS.fetch_sub(1, Relaxed);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { INNER.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             LIVE_BYTES.fetch_add(new_size, Relaxed);
             LIVE_BYTES.fetch_sub(layout.size(), Relaxed);
