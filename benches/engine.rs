@@ -29,7 +29,6 @@ use creditd::store::{Batch, IdemRow, Store};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use rust_decimal::Decimal;
 use std::sync::Arc;
-use std::time::Duration;
 
 fn account_with_grants(n: usize, wall: chrono::DateTime<Utc>) -> Account {
     let now = Now { wall, mono_ms: 0 };
@@ -88,7 +87,7 @@ fn engine(c: &mut Criterion) {
         Box::new(store),
         idem.clone(),
         clock.clone(),
-        JournalOptions { durability: Durability::Async, flush_interval: Duration::from_millis(10) },
+        JournalOptions { durability: Durability::Async, ..JournalOptions::default() },
     );
     let engine = Engine::new(recovered, journal, idem, None, clock, EngineOptions::default());
     let accounts = 10_000;

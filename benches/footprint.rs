@@ -27,7 +27,7 @@ use creditd::engine::clock::{Clock, SystemClock};
 use creditd::engine::idempotency::{Answered, IdemEntry, Idempotency};
 use creditd::engine::outcome::{DeductOutcome, Outcome};
 use creditd::engine::{Engine, EngineOptions};
-use creditd::journal::{Durability, Journal, JournalOptions};
+use creditd::journal::{Journal, JournalOptions};
 use creditd::store::embedded::{EmbeddedStore, Synchronous};
 use creditd::store::{Batch, RequestLookup, Store};
 use dashmap::DashMap;
@@ -526,12 +526,7 @@ fn start(dir: &std::path::Path, clock: Arc<SystemClock>) -> (Engine, std::thread
     let recovered_at = t0.elapsed();
     let lookup: Arc<dyn RequestLookup> = Arc::new(EmbeddedStore::reader(dir).expect("reader"));
     let idem = Arc::new(Idempotency::new(86_400_000, 5_000_000));
-    let (journal, writer) = Journal::start(
-        Box::new(store),
-        idem.clone(),
-        clock.clone(),
-        JournalOptions { durability: Durability::Sync, flush_interval: Duration::from_millis(10) },
-    );
+    let (journal, writer) = Journal::start(Box::new(store), idem.clone(), clock.clone(), JournalOptions::default());
     let engine = Engine::new(recovered, journal, idem, Some(lookup), clock, EngineOptions::default());
     let ready = t0.elapsed();
     (engine, writer, StartTimes { opened, recovered: recovered_at, ready })

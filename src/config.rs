@@ -56,6 +56,9 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// `async` durability: the longest an acknowledged change waits to be written.
     pub flush_interval_ms: u64,
+    /// `async` durability: changes waiting to be written beyond which new ones wait for the
+    /// store as in `sync` mode (bounds memory when writes fall behind).
+    pub async_max_backlog: usize,
     pub sqlite_synchronous: Synchronous,
 }
 
@@ -109,6 +112,7 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("creditd-data"),
             durability: Durability::Sync,
             flush_interval_ms: 10,
+            async_max_backlog: 100_000,
             sqlite_synchronous: Synchronous::Full,
         }
     }

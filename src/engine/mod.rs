@@ -21,7 +21,7 @@ use crate::domain::ids::IdGenerator;
 use crate::domain::ledger::LedgerEntry;
 use crate::domain::price::PriceBook;
 use crate::error::Error;
-use crate::journal::{Durability, Journal};
+use crate::journal::Journal;
 use crate::store::{IdemRow, Recovered, RequestLookup, StoreError};
 use cell::{AccountCell, Pending, PendingAnswer, Slot};
 use clock::Clock;
@@ -171,14 +171,15 @@ impl Engine {
         if change.entries.is_empty() && change.audit.is_none() && change.answer.is_none() && !change.state_changed {
             return None;
         }
-        let sync = self.journal.durability == Durability::Sync;
+        // Async durability answers before the write: such answers count as durable at once.
+        let must_wait = self.journal.admit();
         let answer = change.answer.map(|(key, fingerprint, outcome)| {
-            let answer = Answered::new(outcome, !sync); // async answers start durable
+            let answer = Answered::new(outcome, !must_wait);
             let created_ms = self.clock.now().wall_ms();
             self.idempotency.insert(key.clone(), IdemEntry { fingerprint, answer: answer.clone(), created_ms });
             PendingAnswer { key, fingerprint, answer, created_ms }
         });
-        let (waiter, durable) = if sync && change.wait {
+        let (waiter, durable) = if must_wait && change.wait {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {

@@ -13,8 +13,8 @@
 //! charged, and its request id is forgotten so a retry runs it again.
 //!
 //! A creditd crash loses: in `sync` mode nothing acknowledged; in `async` mode what was
-//! acknowledged since the last completed write — about `flush_interval` plus one write,
-//! more when the writer falls behind.
+//! acknowledged since the last completed write — about `flush_interval` plus one write, and
+//! never more than `max_backlog` changes: beyond that, callers wait as in `sync` mode.
 
 use crate::domain::account::Account;
 use crate::domain::audit::AuditRecord;
@@ -23,6 +23,7 @@ use crate::engine::cell::{AccountCell, Pending, Waiter};
 use crate::engine::clock::Clock;
 use crate::engine::idempotency::Idempotency;
 use crate::store::{Batch, IdemRow, Store, StoreError};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,9 @@ type Settled = Vec<(Waiter, Result<(), StoreError>)>;
 pub struct Journal {
     tx: mpsc::Sender<Msg>,
     pub durability: Durability,
+    /// Changes queued and not yet written (or failed).
+    backlog: Arc<AtomicUsize>,
+    max_backlog: usize,
 }
 
 /// Settings of the writer.
@@ -68,6 +72,15 @@ pub struct Journal {
 pub struct JournalOptions {
     pub durability: Durability,
     pub flush_interval: Duration,
+    /// `async` durability: once this many changes wait to be written, new ones wait for
+    /// the store as in `sync` mode, so memory stays bounded when the writer falls behind.
+    pub max_backlog: usize,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions { durability: Durability::Sync, flush_interval: Duration::from_millis(10), max_backlog: 100_000 }
+    }
 }
 
 impl Journal {
@@ -83,12 +96,21 @@ impl Journal {
         let (tx, rx) = mpsc::channel();
         let (settled, deliveries) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(deliver(deliveries));
-        let writer = Writer { store, clock, idempotency, rx, settled, options: options.clone() };
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let writer =
+            Writer { store, clock, idempotency, rx, settled, backlog: backlog.clone(), options: options.clone() };
         let handle = std::thread::Builder::new()
             .name("creditd-journal".into())
             .spawn(move || writer.run())
             .expect("spawn journal thread");
-        (Journal { tx, durability: options.durability }, handle)
+        (Journal { tx, durability: options.durability, backlog, max_backlog: options.max_backlog }, handle)
+    }
+
+    /// Counts a change about to be queued, and says whether its caller must wait until it is
+    /// durable: always in `sync` mode; in `async` mode only while the writer is behind.
+    pub fn admit(&self) -> bool {
+        let behind = self.backlog.fetch_add(1, Ordering::Relaxed);
+        self.durability == Durability::Sync || behind >= self.max_backlog
     }
 
     /// Queues `cell` for the next write, unless it is queued already. Called under the
@@ -161,6 +183,7 @@ struct Writer {
     idempotency: Arc<Idempotency>,
     rx: mpsc::Receiver<Msg>,
     settled: tokio::sync::mpsc::UnboundedSender<Settled>,
+    backlog: Arc<AtomicUsize>,
     options: JournalOptions,
 }
 
@@ -225,7 +248,8 @@ impl Writer {
                 let _ = waiter.send(Ok(()));
                 return;
             }
-            if self.options.durability == Durability::Async {
+            let behind = self.backlog.load(Ordering::Relaxed) >= self.options.max_backlog / 2;
+            if self.options.durability == Durability::Async && !behind {
                 // Nobody waits in async mode: let work accumulate for one interval.
                 std::thread::sleep(self.options.flush_interval);
             }
@@ -275,6 +299,7 @@ impl Writer {
     fn write(&mut self, round: &mut Round) {
         let result = if round.batch.is_empty() { Ok(()) } else { self.store.write(&round.batch) };
         let mut settled = Settled::with_capacity(round.pending.len() + round.waiters.len());
+        let mut changes = round.pending.len();
         match result {
             Ok(()) => {
                 for p in round.pending.drain(..) {
@@ -291,6 +316,7 @@ impl Writer {
                 for cell in &round.cells {
                     failed.extend(self.reload(cell));
                 }
+                changes = failed.len();
                 for p in failed {
                     if let Some(answer) = &p.answer {
                         self.idempotency.forget(&answer.key);
@@ -300,6 +326,7 @@ impl Writer {
                 settled.extend(round.waiters.drain(..).map(|w| (w, Err(e.clone()))));
             }
         }
+        self.backlog.fetch_sub(changes, Ordering::Relaxed);
         if !settled.is_empty() {
             // Fails only once the runtime is gone; its requests are gone with it.
             let _ = self.settled.send(settled);

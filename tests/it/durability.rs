@@ -196,10 +196,15 @@ async fn kill_9_under_load_loses_no_acknowledged_deduction_and_charges_none_twic
 struct FlakyStore {
     inner: creditd::store::embedded::EmbeddedStore,
     failing: Arc<std::sync::atomic::AtomicBool>,
+    /// While set, writes wait, as on a stalled disk.
+    stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl creditd::store::Store for FlakyStore {
     fn write(&mut self, batch: &creditd::store::Batch) -> Result<(), creditd::store::StoreError> {
+        while self.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(creditd::store::StoreError::Failed("injected: disk full".into()));
         }
@@ -229,27 +234,24 @@ impl creditd::store::Store for FlakyStore {
     }
 }
 
-#[tokio::test]
-async fn a_failed_write_answers_unavailable_charges_nothing_and_a_retry_charges_once() {
-    use creditd::engine::request::{DeductRequest, SpendTarget};
+/// An engine over a switchable store, with account `acme` holding 10 credits and the
+/// action `op` priced at 1 credit per unit.
+async fn engine_over_flaky_store(
+    dir: &std::path::Path,
+    options: creditd::journal::JournalOptions,
+) -> (creditd::engine::Engine, Switches) {
     use creditd::engine::{idempotency::Idempotency, Engine, EngineOptions};
-    use creditd::journal::{Durability, Journal, JournalOptions};
+    use creditd::journal::Journal;
     use creditd::store::Store;
-    use std::sync::atomic::Ordering;
 
-    let dir = tempfile::tempdir().unwrap();
     let mut inner =
-        creditd::store::embedded::EmbeddedStore::open(dir.path(), creditd::store::embedded::Synchronous::Full).unwrap();
+        creditd::store::embedded::EmbeddedStore::open(dir, creditd::store::embedded::Synchronous::Full).unwrap();
     let recovered = inner.recover(0).unwrap();
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switches = Switches::default();
     let clock = Arc::new(creditd::engine::clock::ManualClock::new(t0()));
     let idem = Arc::new(Idempotency::new(86_400_000, 1000));
-    let (journal, _writer) = Journal::start(
-        Box::new(FlakyStore { inner, failing: failing.clone() }),
-        idem.clone(),
-        clock.clone(),
-        JournalOptions { durability: Durability::Sync, flush_interval: Duration::from_millis(1) },
-    );
+    let store = FlakyStore { inner, failing: switches.failing.clone(), stalled: switches.stalled.clone() };
+    let (journal, _writer) = Journal::start(Box::new(store), idem.clone(), clock.clone(), options);
     let engine = Engine::new(recovered, journal, idem, None, clock, EngineOptions::default());
     let caller = |rid: &str| creditd::engine::admin::Caller { actor: "test".into(), request_id: Some(rid.into()) };
     engine
@@ -303,19 +305,42 @@ async fn a_failed_write_answers_unavailable_charges_nothing_and_a_retry_charges_
         )
         .await
         .unwrap();
-    let ask = |id: &str, q: u64| DeductRequest {
+    (engine, switches)
+}
+
+#[derive(Default)]
+struct Switches {
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn ask(id: &str, quantity: u64) -> creditd::engine::request::DeductRequest {
+    creditd::engine::request::DeductRequest {
         request_id: Some(id.into()),
-        target: SpendTarget {
+        target: creditd::engine::request::SpendTarget {
             account_id: "acme".into(),
             user_id: None,
             workspace_id: None,
             action: "op".into(),
-            quantity: q,
+            quantity,
             metadata: Default::default(),
         },
         dry_run: false,
-    };
+    }
+}
 
+#[tokio::test]
+async fn a_failed_write_answers_unavailable_charges_nothing_and_a_retry_charges_once() {
+    use creditd::journal::{Durability, JournalOptions};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        durability: Durability::Sync,
+        flush_interval: Duration::from_millis(1),
+        ..JournalOptions::default()
+    };
+    let (engine, switches) = engine_over_flaky_store(dir.path(), options).await;
+    let failing = switches.failing;
     failing.store(true, Ordering::SeqCst);
     let err = engine.check_and_deduct(ask("d1", 3)).await.unwrap_err();
     assert!(matches!(err, creditd::error::Error::Unavailable(_)), "{err:?}");
@@ -328,4 +353,38 @@ async fn a_failed_write_answers_unavailable_charges_nothing_and_a_retry_charges_
     let again = engine.check_and_deduct(ask("d1", 3)).await.unwrap();
     assert!(again.replayed);
     assert_eq!(engine.get_balance("acme").unwrap().balance, 7.into(), "charged exactly once");
+}
+
+#[tokio::test]
+async fn async_durability_makes_callers_wait_once_the_writer_is_behind() {
+    use creditd::journal::{Durability, JournalOptions};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let options =
+        JournalOptions { durability: Durability::Async, flush_interval: Duration::from_millis(1), max_backlog: 3 };
+    let (engine, switches) = engine_over_flaky_store(dir.path(), options).await;
+    engine.flush().await.unwrap();
+
+    // The disk stalls: nothing queued from now on is written until it recovers.
+    switches.stalled.store(true, Ordering::SeqCst);
+    for i in 0..3 {
+        let answer = engine.check_and_deduct(ask(&format!("a{i}"), 1)).await;
+        assert!(answer.is_ok(), "within the backlog bound, async answers from memory: {answer:?}");
+    }
+    // Three changes behind: the next caller waits for the store.
+    let engine = Arc::new(engine);
+    let waiting = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.check_and_deduct(ask("a3", 1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "answered from memory although the writer is behind");
+
+    switches.stalled.store(false, Ordering::SeqCst);
+    let answer = waiting.await.unwrap().unwrap();
+    assert_eq!(answer.outcome.credits_charged, 1.into());
+    engine.flush().await.unwrap();
+    assert_eq!(engine.get_balance("acme").unwrap().balance, 6.into(), "every change charged once");
+    let after = engine.check_and_deduct(ask("a4", 1)).await.unwrap();
+    assert!(!after.replayed, "the backlog drained: async answers from memory again");
 }
