@@ -132,20 +132,27 @@ impl Idempotency {
     }
 
     /// The oldest durable entries beyond `max_entries`: to archive in the store, then evict.
+    /// Takes down to 90% of the bound, so the sweeps after it have nothing to do for a while.
+    /// Only the victims are copied: the map may hold millions of entries.
     pub fn over_bound(&self) -> Vec<(String, IdemEntry)> {
-        let over = self.entries.len().saturating_sub(self.max_entries);
-        if over == 0 {
+        let len = self.entries.len();
+        if len <= self.max_entries {
             return Vec::new();
         }
-        let mut durable: Vec<(String, IdemEntry)> = self
+        let over = len - (self.max_entries - self.max_entries / 10);
+        let mut times: Vec<u64> = self.entries.iter().filter(|e| e.answer.is_durable()).map(|e| e.created_ms).collect();
+        let Some(last) = over.min(times.len()).checked_sub(1) else { return Vec::new() };
+        let cutoff = *times.select_nth_unstable(last).1;
+        drop(times);
+        let mut victims: Vec<(String, IdemEntry)> = self
             .entries
             .iter()
-            .filter(|e| e.answer.is_durable())
+            .filter(|e| e.created_ms <= cutoff && e.answer.is_durable())
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
-        durable.sort_unstable_by_key(|(_, e)| e.created_ms);
-        durable.truncate(over);
-        durable
+        victims.sort_unstable_by_key(|(_, e)| e.created_ms);
+        victims.truncate(over); // entries tied at the cutoff
+        victims
     }
 
     /// Lets go of entries the store has archived. From now on a miss may be a hit there.
@@ -232,6 +239,16 @@ mod tests {
         assert!(matches!(t.check("r2", 1), Seen::New));
         assert!(t.may_be_in_store());
         assert!(matches!(t.check("pending", 1), Seen::InFlight));
+    }
+
+    #[test]
+    fn eviction_goes_down_to_ninety_percent_of_the_bound_oldest_first() {
+        let t = Idempotency::new(1000, 10);
+        for ms in [50u64, 10, 40, 30, 20, 60, 70, 80, 90, 100, 110, 120] {
+            t.insert(format!("r{ms}"), entry(ms, true));
+        }
+        let victims: Vec<String> = t.over_bound().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(victims, ["r10", "r20", "r30"], "12 entries, bound 10: down to 9");
     }
 
     #[test]

@@ -254,32 +254,25 @@ impl Engine {
             tokio::task::spawn_blocking(move || (idempotency.expire(now_ms), idempotency.over_bound()))
                 .await
                 .unwrap_or_default();
-        if victims.is_empty() {
-            return expired;
-        }
-        let rows = victims
-            .iter()
-            .map(|(key, e)| {
-                idempotency::answer_row(
-                    key,
-                    idempotency::account_of(key),
-                    e.fingerprint,
-                    &e.answer.outcome,
-                    e.created_ms,
-                )
-            })
-            .collect();
-        match self.journal.archive(rows).await {
-            Ok(()) => {
-                let n = victims.len();
-                self.idempotency.evict(victims.into_iter().map(|(k, _)| k));
-                expired + n
-            }
-            Err(e) => {
+        // In chunks, so group commits go on between them: the journal writer does both.
+        const CHUNK: usize = 10_000;
+        let mut evicted = 0;
+        for chunk in victims.chunks(CHUNK) {
+            let rows = chunk
+                .iter()
+                .map(|(key, e)| {
+                    let account = idempotency::account_of(key);
+                    idempotency::answer_row(key, account, e.fingerprint, &e.answer.outcome, e.created_ms)
+                })
+                .collect();
+            if let Err(e) = self.journal.archive(rows).await {
                 tracing::warn!(error = %e, "could not archive answers; they stay in memory over the bound until the next sweep");
-                expired
+                break;
             }
+            self.idempotency.evict(chunk.iter().map(|(k, _)| k.clone()));
+            evicted += chunk.len();
         }
+        expired + evicted
     }
 
     /// Asks the store to forget answered request ids past retention.
