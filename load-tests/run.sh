@@ -48,9 +48,9 @@ start() { # name port
   case $1 in
     # Same runtime flavour as creditd's default, so the ratio compares like with like.
     baseline) taskset -c "$SERVER_CPU" "$bin/creditd-baseline" --listen "127.0.0.1:$2" --runtime "$RUNTIME" 2>"$work/$1.log" & ;;
-    creditd-sync) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1" \
+    creditd-sync) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1-$2" \
       --durability sync --set "server.runtime=$RUNTIME" --log-format json 2>"$work/$1.log" & ;;
-    creditd-async) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1" \
+    creditd-async) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1-$2" \
       --durability async --set "server.runtime=$RUNTIME" --log-format json 2>"$work/$1.log" & ;;
     *) echo "unknown target $1" >&2; exit 1 ;;
   esac
@@ -61,20 +61,34 @@ start() { # name port
   fi
 }
 
+stop() {
+  kill "${pids[-1]}" 2>/dev/null || true
+  wait "${pids[-1]}" 2>/dev/null || true
+}
+
+record() { # target mode run json-line
+  if [[ -n $4 ]]; then
+    echo "{\"target\":\"$1\",\"mode\":\"$2\",\"run\":$3,\"result\":$4}" >>"$results"
+  fi
+}
+
 results="$work/results.jsonl"
 run_id=1
 port=50160
 for target in $TARGETS; do
-  port=$((port + 1))
-  start "$target" "$port"
+  # Every scenario starts from a fresh server, so no cell pays for what an earlier one left
+  # behind (answers kept for idempotency, a grown store) and the order does not matter.
   for scenario in $SCENARIOS; do
+    port=$((port + 1))
+    start "$target" "$port"
     for run in $(seq 1 "$RUNS"); do
       run_id=$((run_id + 1))
       line=$(taskset -c "$LOAD_CPU" "$bin/creditd-load" run --addr "127.0.0.1:$port" --scenario "$scenario" \
         --duration "$DURATION" --warmup "$WARMUP" --accounts "$ACCOUNTS" --run-id "$run_id" --json) || true
-      echo "{\"target\":\"$target\",\"mode\":\"closed\",\"run\":$run,\"result\":$line}" >>"$results"
+      record "$target" closed "$run" "$line"
       echo "$target $scenario run $run: $line" >&2
     done
+    stop
   done
   # Open loop at half of this server's own median maximum for unary CheckAndDeduct.
   max=$(python3 - "$results" "$target" <<'PY'
@@ -85,15 +99,16 @@ print(int(statistics.median(rates)) if rates else 0)
 PY
 )
   if [[ $max -gt 0 ]]; then
+    port=$((port + 1))
+    start "$target" "$port"
     run_id=$((run_id + 1))
     line=$(taskset -c "$LOAD_CPU" "$bin/creditd-load" run --addr "127.0.0.1:$port" --scenario deduct \
       --connections 16 --streams 4 --rps $((max / 2)) --duration "$DURATION" --warmup "$WARMUP" \
       --accounts "$ACCOUNTS" --run-id "$run_id" --json) || true
-    echo "{\"target\":\"$target\",\"mode\":\"open\",\"run\":1,\"result\":$line}" >>"$results"
+    record "$target" open 1 "$line"
     echo "$target open loop at $((max / 2))/s: $line" >&2
+    stop
   fi
-  kill "${pids[-1]}" 2>/dev/null || true
-  wait "${pids[-1]}" 2>/dev/null || true
 done
 
 python3 - "$results" <<'PY'
