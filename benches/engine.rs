@@ -7,6 +7,8 @@
 //! cost per record of one group commit to the embedded store at several batch sizes.
 //! Run by `cargo test --benches` (no `--bench` argument) the tables are kept small.
 
+mod common;
+
 use chrono::Utc;
 use creditd::domain::account::{Account, Plan, SubscriptionStatus};
 use creditd::domain::grant::{Allocation, Grant, GrantKind, Money};
@@ -20,9 +22,9 @@ use creditd::domain::Now;
 use creditd::engine::admin::{AccountSpec, Caller, GrantSpec};
 use creditd::engine::clock::SystemClock;
 use creditd::engine::idempotency::{answer_row, Answered, IdemEntry, Idempotency};
-use creditd::engine::outcome::{DeductOutcome, Outcome};
+use creditd::engine::outcome::Outcome;
 use creditd::engine::request::{DeductRequest, SpendTarget};
-use creditd::engine::{Engine, EngineOptions};
+use creditd::engine::{idem_key, Engine, EngineOptions};
 use creditd::journal::{Durability, Journal, JournalOptions};
 use creditd::store::embedded::{EmbeddedStore, Synchronous};
 use creditd::store::{Batch, IdemRow, Store};
@@ -192,28 +194,6 @@ fn uuid(n: u64) -> String {
     )
 }
 
-/// The engine's idempotency key: account, U+001F, request id.
-fn idem_key(account: &str, request_id: &str) -> String {
-    format!("{account}\u{1f}{request_id}")
-}
-
-/// The answer of an allowed CheckAndDeduct, as the engine stores it.
-fn deduct_outcome(ids: &IdGenerator, now_ms: u64) -> Outcome {
-    Outcome::Deduct(DeductOutcome {
-        denial: None,
-        credits_charged: Decimal::new(45, 4),
-        allocations: vec![Allocation {
-            grant_id: ids.next_string("gr_", now_ms),
-            kind: GrantKind::Plan,
-            credits: Decimal::new(45, 4),
-        }],
-        balance: Decimal::new(149_621_235, 4),
-        cycle_spend: Decimal::new(378_765, 4),
-        ledger_entry_id: ids.next_string("le_", now_ms),
-        price_version: 3,
-    })
-}
-
 /// A table of `n` answered deducts, and its keys.
 fn answered_requests(n: usize) -> (Idempotency, Vec<String>) {
     let now_ms = Utc::now().timestamp_millis() as u64;
@@ -225,7 +205,7 @@ fn answered_requests(n: usize) -> (Idempotency, Vec<String>) {
         let key = idem_key(&account, &uuid(i as u64));
         let entry = IdemEntry {
             fingerprint: IDEM_FINGERPRINT,
-            answer: Answered::new(deduct_outcome(&ids, now_ms), true),
+            answer: Answered::new(common::deduct_outcome(&ids, now_ms), true),
             created_ms: now_ms,
         };
         table.insert(key.clone(), entry);
@@ -435,7 +415,7 @@ fn group_commit(c: &mut Criterion) {
     let ids = IdGenerator::default();
     let accounts: Vec<String> = (0..1_000).map(|i| format!("org-{i:07}")).collect();
     let snapshot = typical_snapshot(&accounts[0], &ids);
-    let outcome = deduct_outcome(&ids, Utc::now().timestamp_millis() as u64);
+    let outcome = common::deduct_outcome(&ids, Utc::now().timestamp_millis() as u64);
     let mut n = 0u64;
     let mut make = |k: usize, snapshots: usize| {
         let mut batch = Batch::default();

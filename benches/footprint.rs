@@ -14,8 +14,10 @@
 //! overhead (glibc: ~8–16 bytes a block, minimum 32), so the live block count is printed too,
 //! and the resident-set growth of the first (fresh-heap) measurement as a cross-check.
 
+mod common;
+
 use creditd::domain::account::{Account, Plan, SubscriptionStatus};
-use creditd::domain::grant::{Allocation, Grant, GrantKind, Money};
+use creditd::domain::grant::{Grant, GrantKind, Money};
 use creditd::domain::hold::Hold;
 use creditd::domain::ids::IdGenerator;
 use creditd::domain::limits::{Limits, LowBalance, MeterKind, MeterLimit};
@@ -26,7 +28,7 @@ use creditd::engine::cell::{AccountCell, Pending};
 use creditd::engine::clock::{Clock, SystemClock};
 use creditd::engine::idempotency::{Answered, IdemEntry, Idempotency};
 use creditd::engine::outcome::{DeductOutcome, Outcome};
-use creditd::engine::{Engine, EngineOptions};
+use creditd::engine::{idem_key, Engine, EngineOptions};
 use creditd::journal::{Journal, JournalOptions};
 use creditd::store::embedded::{EmbeddedStore, Synchronous};
 use creditd::store::{Batch, RequestLookup, Store};
@@ -297,29 +299,9 @@ fn bare_account(i: usize, now: Now, ids: &IdGenerator) -> Account {
 fn deduct_entry(now_ms: u64, ids: &IdGenerator) -> IdemEntry {
     IdemEntry {
         fingerprint: 0x9e37_79b9_7f4a_7c15 ^ now_ms,
-        answer: Answered::new(
-            Outcome::Deduct(DeductOutcome {
-                denial: None,
-                credits_charged: Decimal::new(45, 4),
-                allocations: vec![Allocation {
-                    grant_id: ids.next_string("gr_", now_ms),
-                    kind: GrantKind::Plan,
-                    credits: Decimal::new(45, 4),
-                }],
-                balance: Decimal::new(149_621_235, 4),
-                cycle_spend: Decimal::new(378_765, 4),
-                ledger_entry_id: ids.next_string("le_", now_ms),
-                price_version: 3,
-            }),
-            true,
-        ),
+        answer: Answered::new(common::deduct_outcome(ids, now_ms), true),
         created_ms: now_ms,
     }
-}
-
-/// The engine's idempotency key: account, U+001F, request id.
-fn idem_key(account: &str, request_id: &str) -> String {
-    format!("{account}\u{1f}{request_id}")
 }
 
 type Cache = DashMap<String, Arc<AccountCell>>;

@@ -344,7 +344,7 @@ impl Change {
 }
 
 /// Idempotency keys are scoped by account: two organizations never collide on an id.
-fn idem_key(account_id: &str, request_id: &str) -> String {
+pub fn idem_key(account_id: &str, request_id: &str) -> String {
     let mut key = String::with_capacity(account_id.len() + request_id.len() + 1);
     key.push_str(account_id);
     key.push('\u{1f}');
