@@ -86,6 +86,7 @@ pub struct Account {
     /// Fractional digits costs are rounded up to.
     pub precision: u32,
     pub credit_currency: Option<String>,
+    #[serde(with = "crate::domain::time::compact")]
     pub created_at: DateTime<Utc>,
     pub cycle: Cycle,
     /// Always in burn-down order.
@@ -104,6 +105,7 @@ pub struct Account {
     #[serde(skip)]
     pub resolved_holds: VecDeque<(String, HoldEnd, DateTime<Utc>)>,
     /// Start of the cycle whose plan grant was issued, so it is issued once per cycle.
+    #[serde(with = "crate::domain::time::compact_opt")]
     pub plan_issued_for: Option<DateTime<Utc>>,
 }
 

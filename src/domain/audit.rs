@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub id: String,
+    #[serde(with = "crate::domain::time::compact")]
     pub occurred_at: DateTime<Utc>,
     pub actor: String,
     pub operation: String,

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cycle {
+    #[serde(with = "crate::domain::time::compact")]
     pub start: DateTime<Utc>,
+    #[serde(with = "crate::domain::time::compact")]
     pub end: DateTime<Utc>,
 }
 

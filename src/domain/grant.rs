@@ -61,11 +61,14 @@ pub struct Grant {
     pub expired: Credits,
     pub revoked: Credits,
     pub priority: u32,
+    #[serde(with = "crate::domain::time::compact")]
     pub effective_at: DateTime<Utc>,
+    #[serde(with = "crate::domain::time::compact_opt")]
     pub expires_at: Option<DateTime<Utc>>,
     pub external_reference: String,
     pub money_paid: Option<Money>,
     pub created_by: String,
+    #[serde(with = "crate::domain::time::compact")]
     pub created_at: DateTime<Utc>,
     /// Set by RevokeGrant: the grant pays nothing more; its held part settles with its holds.
     pub is_revoked: bool,

@@ -27,8 +27,10 @@ pub struct Hold {
     pub overdraft: Credits,
     /// Meter units held (counters: against this cycle's limit; gauges: until resolved).
     pub meter: Option<HeldUnits>,
+    #[serde(with = "crate::domain::time::compact")]
     pub created_at: DateTime<Utc>,
     /// Wall-clock expiry, for display and for restoring the deadline after a restart.
+    #[serde(with = "crate::domain::time::compact")]
     pub expires_at: DateTime<Utc>,
     /// Expiry on the server's monotonic clock (milliseconds): what actually decides.
     #[serde(skip)]

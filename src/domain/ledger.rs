@@ -87,6 +87,7 @@ pub struct LedgerEntry {
     pub id: String,
     pub account_id: String,
     pub kind: EntryKind,
+    #[serde(with = "crate::domain::time::compact")]
     pub occurred_at: DateTime<Utc>,
     pub user_id: Option<String>,
     pub workspace_id: Option<String>,

@@ -14,6 +14,7 @@ pub mod price;
 #[cfg(test)]
 mod props;
 pub mod spend;
+pub mod time;
 
 pub use amount::{parse_credits, Credits};
 

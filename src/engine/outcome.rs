@@ -24,6 +24,7 @@ pub struct ReserveOutcome {
     pub reservation_id: String,
     pub credits_held: Credits,
     pub allocations: Vec<Allocation>,
+    #[serde(with = "crate::domain::time::compact_opt")]
     pub expires_at: Option<DateTime<Utc>>,
     pub balance: Credits,
     pub ledger_entry_id: String,
@@ -51,6 +52,7 @@ pub struct ReleaseOutcome {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExtendOutcome {
+    #[serde(with = "crate::domain::time::compact")]
     pub expires_at: DateTime<Utc>,
 }
 
