@@ -10,12 +10,10 @@
 mod common;
 
 use chrono::Utc;
-use creditd::domain::account::{Account, Plan, SubscriptionStatus};
-use creditd::domain::grant::{Allocation, Grant, GrantKind, Money};
-use creditd::domain::hold::Hold;
+use creditd::domain::account::Account;
+use creditd::domain::grant::{Allocation, Grant, GrantKind};
 use creditd::domain::ids::IdGenerator;
 use creditd::domain::ledger::{EntryKind, LedgerEntry};
-use creditd::domain::limits::{Limits, MeterKind, MeterLimit};
 use creditd::domain::price::{PriceChange, PriceEntry};
 use creditd::domain::spend::SpendAsk;
 use creditd::domain::Now;
@@ -308,78 +306,6 @@ fn burn_down(c: &mut Criterion) {
     group.finish();
 }
 
-/// A typical account's state (plan grant, promo, purchase, caps, two meters, two holds),
-/// as the journal writer snapshots it.
-fn typical_snapshot(id: &str, ids: &IdGenerator) -> Account {
-    let wall = Utc::now();
-    let now = Now { wall, mono_ms: 1_000 };
-    let mut a = Account::blank(id, wall);
-    a.display_name = "Example Organization".into();
-    a.subscription = SubscriptionStatus::Active;
-    a.plan = Some(Plan {
-        name: "pro".into(),
-        credits_per_cycle: Decimal::from(10_000),
-        cycle_anchor_day: 1,
-        rollover_cap: Decimal::from(2_000),
-        price: Some(Money { amount: Decimal::new(4900, 2), currency: "USD".into() }),
-    });
-    a.limits = Limits {
-        spending_cap: Some(Decimal::from(20_000)),
-        default_user_cap: Some(Decimal::from(2_000)),
-        meters: [
-            ("ai_tokens".to_string(), MeterLimit { kind: MeterKind::CycleCounter, limit: 200_000_000 }),
-            ("seats".to_string(), MeterLimit { kind: MeterKind::Gauge, limit: 10 }),
-        ]
-        .into(),
-        ..Limits::default()
-    };
-    let (mut a, _) = a.open(now, ids);
-    for (kind, amount) in [(GrantKind::Promo, 500), (GrantKind::Purchase, 5_000)] {
-        let g = Grant::new(ids.next_string("gr_", now.wall_ms()), kind, Decimal::from(amount), wall, wall);
-        a.add_grant(g, now, ids);
-    }
-    let chat = PriceEntry {
-        action: "chat".into(),
-        category: "chat".into(),
-        unit_name: "1k_tokens".into(),
-        unit_size: 1000,
-        credits_per_unit: Decimal::new(3, 3),
-        meter: Some("ai_tokens".into()),
-    };
-    for (user, tokens, hold) in [("alice", 12_000u64, false), ("bob", 3_500, false), ("alice", 4_000, true)] {
-        let ask = SpendAsk {
-            user_id: Some(user),
-            workspace_id: None,
-            credits: chat.cost(tokens, 6).unwrap(),
-            meter: Some(("ai_tokens", tokens)),
-        };
-        a.check(&ask, wall).unwrap();
-        if hold {
-            let h = Hold {
-                id: format!("{id}/{}", ids.next_string("rs_", now.wall_ms())),
-                request_id: uuid(tokens),
-                user_id: Some(user.into()),
-                workspace_id: None,
-                price: chat.clone(),
-                price_version: 3,
-                quantity: tokens,
-                credits: Decimal::ZERO,
-                allocations: Vec::new(),
-                overdraft: Decimal::ZERO,
-                meter: None,
-                created_at: wall,
-                expires_at: wall + chrono::Duration::seconds(60),
-                deadline_ms: 61_000,
-                metadata: Default::default(),
-            };
-            a.reserve(h, &ask, wall);
-        } else {
-            a.deduct(&ask, wall);
-        }
-    }
-    a
-}
-
 /// What one allowed CheckAndDeduct hands the journal: a ledger entry and an idempotency row.
 fn deduct_records(account: &str, n: u64, ids: &IdGenerator, outcome: &Outcome) -> (LedgerEntry, IdemRow) {
     let wall = Utc::now();
@@ -414,7 +340,8 @@ fn group_commit(c: &mut Criterion) {
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     let ids = IdGenerator::default();
     let accounts: Vec<String> = (0..1_000).map(|i| format!("org-{i:07}")).collect();
-    let snapshot = typical_snapshot(&accounts[0], &ids);
+    let now = Now { wall: Utc::now(), mono_ms: 1_000 };
+    let snapshot = common::typical_account(0, now, &ids, &mut common::Seq(0x9e37_79b9_7f4a_7c15));
     let outcome = common::deduct_outcome(&ids, Utc::now().timestamp_millis() as u64);
     let mut n = 0u64;
     let mut make = |k: usize, snapshots: usize| {

@@ -16,13 +16,12 @@
 
 mod common;
 
-use creditd::domain::account::{Account, Plan, SubscriptionStatus};
-use creditd::domain::grant::{Grant, GrantKind, Money};
+use common::{account_id, typical_account, Seq};
+
+use creditd::domain::account::Account;
+use creditd::domain::grant::{Grant, GrantKind};
 use creditd::domain::hold::Hold;
 use creditd::domain::ids::IdGenerator;
-use creditd::domain::limits::{Limits, LowBalance, MeterKind, MeterLimit};
-use creditd::domain::price::PriceEntry;
-use creditd::domain::spend::SpendAsk;
 use creditd::domain::Now;
 use creditd::engine::cell::{AccountCell, Pending};
 use creditd::engine::clock::{Clock, SystemClock};
@@ -35,7 +34,6 @@ use creditd::store::{Batch, RequestLookup, Store};
 use dashmap::DashMap;
 use rust_decimal::Decimal;
 use std::alloc::{GlobalAlloc, Layout};
-use std::collections::BTreeMap;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -142,144 +140,6 @@ fn heap_of<T: Clone>(v: &T) -> usize {
 }
 
 // ---- typical data -------------------------------------------------------------------------
-
-/// A small deterministic generator for request ids (no dependency on `rand` here).
-struct Seq(u64);
-
-impl Seq {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A UUID-shaped request id (36 chars), as clients typically send.
-    fn uuid(&mut self) -> String {
-        let (a, b) = (self.next(), self.next());
-        format!(
-            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            b >> 52,
-            b & 0xffff_ffff_ffff
-        )
-    }
-}
-
-fn chat_price() -> PriceEntry {
-    PriceEntry {
-        action: "chat".into(),
-        category: "chat".into(),
-        unit_name: "1k_tokens".into(),
-        unit_size: 1000,
-        credits_per_unit: Decimal::new(3, 3),
-        meter: Some("ai_tokens".into()),
-    }
-}
-
-fn agent_price() -> PriceEntry {
-    PriceEntry {
-        action: "agent_session".into(),
-        category: "agents".into(),
-        unit_name: "session".into(),
-        unit_size: 1,
-        credits_per_unit: Decimal::from(2),
-        meter: Some("seats".into()),
-    }
-}
-
-fn account_id(i: usize) -> String {
-    format!("org-{i:07}")
-}
-
-/// A typical account: on a plan (its grant issued at open), a promo and a purchased grant,
-/// a user cap with two users having spent, a counter and a gauge meter with usage, and two
-/// live holds (one on each meter).
-fn typical_account(i: usize, now: Now, ids: &IdGenerator, seq: &mut Seq) -> Account {
-    let ms = now.wall_ms();
-    let mut a = Account::blank(&account_id(i), now.wall);
-    a.display_name = format!("Example Organization {i}");
-    a.subscription = SubscriptionStatus::Active;
-    a.plan = Some(Plan {
-        name: "pro".into(),
-        credits_per_cycle: Decimal::from(10_000),
-        cycle_anchor_day: 1,
-        rollover_cap: Decimal::from(2_000),
-        price: Some(Money { amount: Decimal::new(4900, 2), currency: "USD".into() }),
-    });
-    a.limits = Limits {
-        spending_cap: Some(Decimal::from(20_000)),
-        alert_threshold: Some(Decimal::from(16_000)),
-        low_balance: Some(LowBalance::PercentOfPlan(Decimal::from(10))),
-        overdraft_limit: Decimal::ZERO,
-        default_user_cap: Some(Decimal::from(2_000)),
-        user_caps: [("user-alice".to_string(), Decimal::from(5_000))].into(),
-        default_workspace_cap: None,
-        workspace_caps: BTreeMap::new(),
-        meters: [
-            ("ai_tokens".to_string(), MeterLimit { kind: MeterKind::CycleCounter, limit: 200_000_000 }),
-            ("seats".to_string(), MeterLimit { kind: MeterKind::Gauge, limit: 10 }),
-        ]
-        .into(),
-    };
-    let (mut a, _) = a.open(now, ids);
-
-    let mut promo = Grant::new(ids.next_string("gr_", ms), GrantKind::Promo, Decimal::from(500), now.wall, now.wall);
-    promo.expires_at = Some(now.wall + chrono::Duration::days(90));
-    promo.external_reference = "spring-campaign".into();
-    promo.created_by = "admin:support".into();
-    a.add_grant(promo, now, ids);
-    let mut purchase =
-        Grant::new(ids.next_string("gr_", ms), GrantKind::Purchase, Decimal::from(5_000), now.wall, now.wall);
-    purchase.external_reference = format!("ch_{:024x}", seq.next());
-    purchase.money_paid = Some(Money { amount: Decimal::new(2500, 2), currency: "USD".into() });
-    purchase.created_by = "billing".into();
-    a.add_grant(purchase, now, ids);
-
-    let chat = chat_price();
-    for (user, tokens) in [("user-alice", 12_000u64), ("user-bob", 3_500), ("user-alice", 800)] {
-        let ask = SpendAsk {
-            user_id: Some(user),
-            workspace_id: None,
-            credits: chat.cost(tokens, 6).unwrap(),
-            meter: Some(("ai_tokens", tokens)),
-        };
-        a.check(&ask, now.wall).expect("typical spend fits");
-        a.deduct(&ask, now.wall);
-    }
-
-    let agent = agent_price();
-    for (price, user, quantity) in [(&chat, "user-alice", 4_000u64), (&agent, "user-bob", 1)] {
-        let hold = Hold {
-            id: format!("{}/{}", a.id, ids.next_string("rs_", ms)),
-            request_id: seq.uuid(),
-            user_id: Some(user.into()),
-            workspace_id: None,
-            price: price.clone(),
-            price_version: 3,
-            quantity,
-            credits: Decimal::ZERO,
-            allocations: Vec::new(),
-            overdraft: Decimal::ZERO,
-            meter: None,
-            created_at: now.wall,
-            expires_at: now.wall + chrono::Duration::seconds(60),
-            deadline_ms: now.mono_ms + 60_000,
-            metadata: [("model".to_string(), "gpt-4o".to_string())].into(),
-        };
-        let ask = SpendAsk {
-            user_id: Some(user),
-            workspace_id: None,
-            credits: price.cost(quantity, 6).unwrap(),
-            meter: price.meter.as_deref().map(|m| (m, quantity)),
-        };
-        a.check(&ask, now.wall).expect("typical hold fits");
-        a.reserve(hold, &ask, now.wall);
-    }
-    a
-}
 
 /// A bare account: no plan, one purchased grant, no holds, no limits.
 fn bare_account(i: usize, now: Now, ids: &IdGenerator) -> Account {

@@ -94,12 +94,7 @@ impl World {
         match op {
             Op::Deduct { credits, user, workspace } => {
                 let (user, workspace) = (name(*user, "u"), name(*workspace, "w"));
-                let ask = SpendAsk {
-                    user_id: user.as_deref(),
-                    workspace_id: workspace.as_deref(),
-                    credits: *credits,
-                    meter: None,
-                };
+                let ask = plain_ask(&user, &workspace, *credits);
                 if self.acc.check(&ask, now.wall).is_ok() {
                     let charged_before = self.acc.totals.charged;
                     let allocations = self.acc.deduct(&ask, now.wall);
@@ -110,12 +105,7 @@ impl World {
             }
             Op::Reserve { credits, user, workspace, ttl_ms } => {
                 let (user, workspace) = (name(*user, "u"), name(*workspace, "w"));
-                let ask = SpendAsk {
-                    user_id: user.as_deref(),
-                    workspace_id: workspace.as_deref(),
-                    credits: *credits,
-                    meter: None,
-                };
+                let ask = plain_ask(&user, &workspace, *credits);
                 if self.acc.check(&ask, now.wall).is_ok() {
                     let hold = self.hold(*credits, user.clone(), workspace.clone(), *ttl_ms);
                     let held = self.acc.reserve(hold, &ask, now.wall);
@@ -293,4 +283,9 @@ pub(super) fn burn_down_key(g: &Grant) -> (u32, u8, Option<DateTime<Utc>>, DateT
         Some(t) => (g.priority, 0, Some(t), g.created_at, g.id.clone()),
         None => (g.priority, 1, None, g.created_at, g.id.clone()),
     }
+}
+
+/// A spend of `credits` with no meter, by the given user and workspace.
+fn plain_ask<'a>(user: &'a Option<String>, workspace: &'a Option<String>, credits: Credits) -> SpendAsk<'a> {
+    SpendAsk { user_id: user.as_deref(), workspace_id: workspace.as_deref(), credits, meter: None }
 }
