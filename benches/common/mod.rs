@@ -12,7 +12,8 @@ use creditd::domain::spend::SpendAsk;
 use creditd::domain::Now;
 use creditd::engine::outcome::{DeductOutcome, Outcome};
 use rust_decimal::Decimal;
-use std::collections::BTreeMap;
+use creditd::domain::SmallMap;
+use std::sync::{Arc, OnceLock};
 
 /// The answer of an allowed CheckAndDeduct, as the engine stores it.
 pub fn deduct_outcome(ids: &IdGenerator, now_ms: u64) -> Outcome {
@@ -78,6 +79,12 @@ pub fn agent_price() -> PriceEntry {
     }
 }
 
+/// The two prices as the price book holds them: holds share the book's entries.
+pub fn book_prices() -> (Arc<PriceEntry>, Arc<PriceEntry>) {
+    static BOOK: OnceLock<(Arc<PriceEntry>, Arc<PriceEntry>)> = OnceLock::new();
+    BOOK.get_or_init(|| (Arc::new(chat_price()), Arc::new(agent_price()))).clone()
+}
+
 pub fn account_id(i: usize) -> String {
     format!("org-{i:07}")
 }
@@ -103,14 +110,15 @@ pub fn typical_account(i: usize, now: Now, ids: &IdGenerator, seq: &mut Seq) -> 
         low_balance: Some(LowBalance::PercentOfPlan(Decimal::from(10))),
         overdraft_limit: Decimal::ZERO,
         default_user_cap: Some(Decimal::from(2_000)),
-        user_caps: [("user-alice".to_string(), Decimal::from(5_000))].into(),
+        user_caps: [("user-alice".to_string(), Decimal::from(5_000))].into_iter().collect(),
         default_workspace_cap: None,
-        workspace_caps: BTreeMap::new(),
+        workspace_caps: SmallMap::new(),
         meters: [
             ("ai_tokens".to_string(), MeterLimit { kind: MeterKind::CycleCounter, limit: 200_000_000 }),
             ("seats".to_string(), MeterLimit { kind: MeterKind::Gauge, limit: 10 }),
         ]
-        .into(),
+        .into_iter()
+        .collect(),
     };
     let (mut a, _) = a.open(now, ids);
 
@@ -126,7 +134,7 @@ pub fn typical_account(i: usize, now: Now, ids: &IdGenerator, seq: &mut Seq) -> 
     purchase.created_by = "billing".into();
     a.add_grant(purchase, now, ids);
 
-    let chat = chat_price();
+    let (chat, agent) = book_prices();
     for (user, tokens) in [("user-alice", 12_000u64), ("user-bob", 3_500), ("user-alice", 800)] {
         let ask = SpendAsk {
             user_id: Some(user),
@@ -138,7 +146,6 @@ pub fn typical_account(i: usize, now: Now, ids: &IdGenerator, seq: &mut Seq) -> 
         a.deduct(&ask, now.wall);
     }
 
-    let agent = agent_price();
     for (price, user, quantity) in [(&chat, "user-alice", 4_000u64), (&agent, "user-bob", 1)] {
         let hold = Hold {
             id: format!("{}/{}", a.id, ids.next_string("rs_", ms)),
@@ -155,7 +162,7 @@ pub fn typical_account(i: usize, now: Now, ids: &IdGenerator, seq: &mut Seq) -> 
             created_at: now.wall,
             expires_at: now.wall + chrono::Duration::seconds(60),
             deadline_ms: now.mono_ms + 60_000,
-            metadata: [("model".to_string(), "gpt-4o".to_string())].into(),
+            metadata: [("model".to_string(), "gpt-4o".to_string())].into_iter().collect(),
         };
         let ask = SpendAsk {
             user_id: Some(user),

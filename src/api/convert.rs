@@ -8,7 +8,7 @@ use crate::domain::ids::{check_name, check_optional_name, check_request_id};
 use crate::domain::ledger::{Denial, DenialReason};
 use crate::domain::limits::{Limits, LowBalance, MeterKind, MeterLimit};
 use crate::domain::price::PriceEntry;
-use crate::domain::{Credits, InvalidInput};
+use crate::domain::{Credits, InvalidInput, SmallMap};
 use crate::engine::request::SpendTarget;
 use crate::proto::v1 as pb;
 use chrono::{DateTime, TimeZone, Utc};
@@ -294,7 +294,7 @@ pub fn limits(l: &Option<pb::Limits>) -> Result<Limits> {
             parse_optional_credits("limits.low_balance_threshold", &l.low_balance_threshold)?.map(LowBalance::Credits)
         }
     };
-    let caps = |field: &str, m: &HashMap<String, String>| -> Result<BTreeMap<String, Credits>> {
+    let caps = |field: &str, m: &HashMap<String, String>| -> Result<SmallMap<String, Credits>> {
         m.iter()
             .map(|(k, v)| {
                 check_name(&format!("{field} key"), k)?;
@@ -302,7 +302,7 @@ pub fn limits(l: &Option<pb::Limits>) -> Result<Limits> {
             })
             .collect()
     };
-    let mut meters = BTreeMap::new();
+    let mut meters = SmallMap::new();
     for (i, m) in l.meters.iter().enumerate() {
         check_name(&format!("limits.meters[{i}].name"), &m.name)?;
         let kind = meter_kind(&format!("limits.meters[{i}].kind"), m.kind)?;
@@ -335,7 +335,7 @@ pub fn low_balance_text(l: &Option<LowBalance>) -> String {
 }
 
 pub fn limits_to_pb(l: &Limits) -> pb::Limits {
-    let caps = |m: &BTreeMap<String, Credits>| m.iter().map(|(k, v)| (k.clone(), credits(*v))).collect();
+    let caps = |m: &SmallMap<String, Credits>| m.iter().map(|(k, v)| (k.clone(), credits(*v))).collect();
     pb::Limits {
         spending_cap: optional_credits_text(l.spending_cap),
         alert_threshold: optional_credits_text(l.alert_threshold),
@@ -416,7 +416,7 @@ pub fn account_to_pb(a: &crate::domain::account::Account) -> pb::Account {
         status: account_status_to_pb(a.status) as i32,
         plan: a.plan.as_ref().map(plan_to_pb),
         subscription_status: subscription_status_to_pb(a.subscription) as i32,
-        pending_plan: a.pending_plan.as_ref().map(plan_to_pb),
+        pending_plan: a.pending_plan.as_deref().map(plan_to_pb),
         limits: Some(limits_to_pb(&a.limits)),
         overage_policy: overage_policy_to_pb(a.overage_policy) as i32,
         precision: a.precision,

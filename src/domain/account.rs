@@ -16,7 +16,8 @@ use super::Now;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use super::SmallMap;
+use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,10 +57,10 @@ pub struct Plan {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CycleUsage {
     pub spend: Credits,
-    pub by_user: HashMap<String, Credits>,
-    pub by_workspace: HashMap<String, Credits>,
+    pub by_user: SmallMap<String, Credits>,
+    pub by_workspace: SmallMap<String, Credits>,
     /// Cycle counters only; gauges are read from holds.
-    pub meters: BTreeMap<String, u64>,
+    pub meters: SmallMap<String, u64>,
 }
 
 /// Lifetime sums that make conservation checkable at any moment.
@@ -78,8 +79,8 @@ pub struct Account {
     pub display_name: String,
     pub status: AccountStatus,
     pub plan: Option<Plan>,
-    /// A downgrade (or deferred upgrade) waiting for the next cycle start.
-    pub pending_plan: Option<Plan>,
+    /// A downgrade (or deferred upgrade) waiting for the next cycle start (boxed: rare).
+    pub pending_plan: Option<Box<Plan>>,
     pub subscription: SubscriptionStatus,
     pub limits: Limits,
     pub overage_policy: OveragePolicy,
@@ -91,8 +92,8 @@ pub struct Account {
     pub cycle: Cycle,
     /// Always in burn-down order.
     pub grants: Vec<Grant>,
-    /// Boxed: a B-tree node reserves room for 11 values, and a `Hold` is large.
-    pub holds: BTreeMap<String, Box<Hold>>,
+    /// Live holds by id.
+    pub holds: SmallMap<String, Hold>,
     pub usage: CycleUsage,
     /// Credits owed below zero (only with an overdraft limit).
     pub overdraft_used: Credits,
@@ -141,7 +142,7 @@ impl Account {
             created_at,
             cycle: Cycle::containing(1, created_at),
             grants: Vec::new(),
-            holds: BTreeMap::new(),
+            holds: SmallMap::new(),
             usage: CycleUsage::default(),
             overdraft_used: Decimal::ZERO,
             overdraft_held: Decimal::ZERO,
@@ -199,6 +200,8 @@ impl Account {
             entries.push(e);
         }
         self.grants.push(grant);
+        // Grants are added rarely and kept long: no room for more held by every account.
+        self.grants.shrink_to_fit();
         grant::sort_burn_down(&mut self.grants);
         entries
     }
@@ -257,7 +260,7 @@ impl Account {
 
     /// After loading from the store: rebuild monotonic deadlines from wall-clock expiries.
     pub fn restore_deadlines(&mut self, now: Now) {
-        for hold in self.holds.values_mut() {
+        for (_, hold) in self.holds.iter_mut() {
             let left_ms = (hold.expires_at - now.wall).num_milliseconds().max(0) as u64;
             hold.deadline_ms = now.mono_ms + left_ms;
         }
@@ -298,7 +301,7 @@ impl Account {
         let carry = self.plan.as_ref().map_or(Decimal::ZERO, |p| unused.min(p.rollover_cap));
         self.write_off(at, ids, entries);
         if let Some(next_plan) = self.pending_plan.take() {
-            self.plan = Some(next_plan);
+            self.plan = Some(*next_plan);
         }
         if self.subscription == SubscriptionStatus::Cancelled {
             self.subscription = SubscriptionStatus::Expired;

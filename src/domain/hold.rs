@@ -7,7 +7,8 @@ use super::limits::MeterKind;
 use super::price::PriceEntry;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use super::SmallMap;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hold {
@@ -16,7 +17,8 @@ pub struct Hold {
     pub user_id: Option<String>,
     pub workspace_id: Option<String>,
     /// The price at reserve time: a Commit is charged at the price that was promised.
-    pub price: PriceEntry,
+    /// Shared with the price book version it came from.
+    pub price: Arc<PriceEntry>,
     pub price_version: u64,
     /// Estimated quantity still covered by the hold.
     pub quantity: u64,
@@ -35,7 +37,7 @@ pub struct Hold {
     /// Expiry on the server's monotonic clock (milliseconds): what actually decides.
     #[serde(skip)]
     pub deadline_ms: u64,
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: SmallMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

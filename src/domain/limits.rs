@@ -4,7 +4,7 @@ use super::amount::Credits;
 use super::InvalidInput;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use super::SmallMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,10 +39,10 @@ pub struct Limits {
     /// How far the balance may go below zero.
     pub overdraft_limit: Credits,
     pub default_user_cap: Option<Credits>,
-    pub user_caps: BTreeMap<String, Credits>,
+    pub user_caps: SmallMap<String, Credits>,
     pub default_workspace_cap: Option<Credits>,
-    pub workspace_caps: BTreeMap<String, Credits>,
-    pub meters: BTreeMap<String, MeterLimit>,
+    pub workspace_caps: SmallMap<String, Credits>,
+    pub meters: SmallMap<String, MeterLimit>,
 }
 
 impl Limits {
@@ -89,7 +89,7 @@ mod tests {
     fn overrides_beat_defaults() {
         let l = Limits {
             default_user_cap: Some(10.into()),
-            user_caps: [("ceo".to_string(), Decimal::from(50))].into(),
+            user_caps: [("ceo".to_string(), Decimal::from(50))].into_iter().collect(),
             ..Default::default()
         };
         assert_eq!(l.user_cap("ceo"), Some(50.into()));

@@ -18,6 +18,13 @@ pub mod time;
 
 pub use amount::{parse_credits, Credits};
 
+/// The map type of an account's small maps (caps, usage, meters, holds, hold metadata):
+/// a sorted vector, so all entries share one allocation and a lookup is a binary search.
+/// Accounts are cached by the million and such maps hold a handful of entries, where a
+/// B-tree node (11 slots) or a hash table costs several times the entries themselves.
+/// It encodes as a map, like the standard maps.
+pub type SmallMap<K, V> = litemap::LiteMap<K, V>;
+
 /// A rejected input: which field, and what was wrong with it. Changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]

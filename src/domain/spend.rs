@@ -111,7 +111,7 @@ impl Account {
         hold.meter =
             ask.meter.map(|(meter, units)| HeldUnits { meter: meter.to_string(), kind: self.meter_kind(meter), units });
         let id = hold.id.clone();
-        self.holds.insert(id.clone(), Box::new(hold));
+        self.holds.insert(id.clone(), hold);
         &self.holds[&id]
     }
 
@@ -137,7 +137,7 @@ impl Account {
         now: Now,
     ) -> Result<Settlement, HoldError> {
         self.live_hold(hold_id)?;
-        let mut hold = *self.holds.remove(hold_id).expect("checked live");
+        let mut hold = self.holds.remove(hold_id).expect("checked live");
         let mut s = Settlement::default();
 
         // 1. The held credits pay first: grants as promised, then the overdraft part.
@@ -195,7 +195,7 @@ impl Account {
 
         if !is_final {
             s.still_held = hold.credits;
-            self.holds.insert(hold.id.clone(), Box::new(hold));
+            self.holds.insert(hold.id.clone(), hold);
         }
         Ok(s)
     }

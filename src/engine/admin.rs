@@ -70,7 +70,7 @@ struct Settings<'a> {
     display_name: &'a str,
     status: AccountStatus,
     plan: &'a Option<Plan>,
-    pending_plan: &'a Option<Plan>,
+    pending_plan: &'a Option<Box<Plan>>,
     subscription: SubscriptionStatus,
     limits: &'a Limits,
     overage_policy: OveragePolicy,
@@ -213,7 +213,7 @@ impl Engine {
                             account.plan = Some(plan);
                             account.pending_plan = None;
                         } else {
-                            account.pending_plan = Some(plan);
+                            account.pending_plan = Some(Box::new(plan));
                         }
                     }
                 }

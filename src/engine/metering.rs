@@ -163,7 +163,7 @@ impl Engine {
                                 request_id: req.request_id.clone(),
                                 user_id: t.user_id.clone(),
                                 workspace_id: t.workspace_id.clone(),
-                                price: (**p).clone(),
+                                price: p.clone(),
                                 price_version: book.version,
                                 quantity: t.quantity,
                                 credits: Decimal::ZERO,
@@ -173,7 +173,7 @@ impl Engine {
                                 created_at: now.wall,
                                 expires_at: now.wall + chrono::Duration::milliseconds(req.ttl.as_millis() as i64),
                                 deadline_ms: now.mono_ms + req.ttl.as_millis() as u64,
-                                metadata: t.metadata.clone(),
+                                metadata: t.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                             };
                             let hold = account.reserve(hold, &ask, now.wall);
                             let (id, held, allocations, expires_at) =
@@ -214,7 +214,7 @@ impl Engine {
             let hold = account.live_hold(&req.reservation_id).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
             let cost = hold.price.cost(req.quantity, account.precision)?;
             let mut entry = crate::domain::account::hold_entry(&account.id, hold, EntryKind::Commit, now, &engine.ids);
-            entry.metadata = hold.metadata.clone();
+            entry.metadata = hold.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             entry.metadata.extend(req.metadata.clone());
             let s = account
                 .commit(&req.reservation_id, req.quantity, cost, req.is_final, now)

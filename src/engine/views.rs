@@ -44,7 +44,7 @@ impl BalanceView {
             free_remaining: remaining(true),
             purchased_remaining: remaining(false),
             grants: account.grants.clone(),
-            holds: account.holds.values().map(|h| (**h).clone()).collect(),
+            holds: account.holds.values().cloned().collect(),
             cycle_spend: account.usage.spend,
             limits: account.limits.clone(),
             overdraft_used: account.overdraft_used,

@@ -66,14 +66,14 @@ impl World {
             request_id: format!("req-{}", self.ids.next(self.now.wall_ms())),
             user_id: user,
             workspace_id: workspace,
-            price: PriceEntry {
+            price: std::sync::Arc::new(PriceEntry {
                 action: "chat".into(),
                 category: "chat".into(),
                 unit_name: "request".into(),
                 unit_size: 1,
                 credits_per_unit: credits,
                 meter: None,
-            },
+            }),
             price_version: 1,
             quantity: 1,
             credits: Decimal::ZERO,
@@ -83,7 +83,7 @@ impl World {
             created_at: self.now.wall,
             expires_at: self.now.wall + Duration::milliseconds(ttl_ms as i64),
             deadline_ms: self.now.mono_ms + ttl_ms,
-            metadata: BTreeMap::new(),
+            metadata: crate::domain::SmallMap::new(),
         }
     }
 
