@@ -10,9 +10,9 @@ use creditd::domain::limits::{Limits, LowBalance, MeterKind, MeterLimit};
 use creditd::domain::price::PriceEntry;
 use creditd::domain::spend::SpendAsk;
 use creditd::domain::Now;
+use creditd::domain::SmallMap;
 use creditd::engine::outcome::{DeductOutcome, Outcome};
 use rust_decimal::Decimal;
-use creditd::domain::SmallMap;
 use std::sync::{Arc, OnceLock};
 
 /// The answer of an allowed CheckAndDeduct, as the engine stores it.

@@ -13,10 +13,10 @@ use super::ids::IdGenerator;
 use super::ledger::{EntryKind, LedgerEntry};
 use super::limits::{Limits, MeterKind};
 use super::Now;
+use super::SmallMap;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use super::SmallMap;
 use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +47,10 @@ pub enum OveragePolicy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub name: String,
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits_per_cycle: Credits,
     pub cycle_anchor_day: u32,
+    #[serde(with = "crate::domain::amount::compact")]
     pub rollover_cap: Credits,
     pub price: Option<Money>,
 }
@@ -56,8 +58,11 @@ pub struct Plan {
 /// Spend and usage of the current cycle (holds are counted separately, from `holds`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CycleUsage {
+    #[serde(with = "crate::domain::amount::compact")]
     pub spend: Credits,
+    #[serde(with = "crate::domain::amount::compact_map")]
     pub by_user: SmallMap<String, Credits>,
+    #[serde(with = "crate::domain::amount::compact_map")]
     pub by_workspace: SmallMap<String, Credits>,
     /// Cycle counters only; gauges are read from holds.
     pub meters: SmallMap<String, u64>,
@@ -66,10 +71,15 @@ pub struct CycleUsage {
 /// Lifetime sums that make conservation checkable at any moment.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
+    #[serde(with = "crate::domain::amount::compact")]
     pub granted: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub consumed: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub expired: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub revoked: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub charged: Credits,
 }
 
@@ -96,8 +106,10 @@ pub struct Account {
     pub holds: SmallMap<String, Hold>,
     pub usage: CycleUsage,
     /// Credits owed below zero (only with an overdraft limit).
+    #[serde(with = "crate::domain::amount::compact")]
     pub overdraft_used: Credits,
     /// Part of live holds backed by the overdraft limit.
+    #[serde(with = "crate::domain::amount::compact")]
     pub overdraft_held: Credits,
     pub totals: Totals,
     /// Recently resolved holds, so a late Commit says what happened. Memory only and

@@ -7,6 +7,71 @@ use std::str::FromStr;
 /// An exact amount of credits (or money). Negative only where a rule says so.
 pub type Credits = Decimal;
 
+// How amounts are stored: decimal text where people read it (JSON), and the exact
+// mantissa and scale in the compact binary forms (postcard), which is about half the size
+// and needs no formatting or parsing when accounts are written at every commit and read
+// back at start-up. Use with `#[serde(with = "crate::domain::amount::compact")]` (or
+// `compact_opt`, `compact_map`).
+
+pub mod compact {
+    use super::*;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            Serialize::serialize(d, s)
+        } else {
+            (d.mantissa(), d.scale() as u8).serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        if d.is_human_readable() {
+            <Decimal as Deserialize>::deserialize(d)
+        } else {
+            let (mantissa, scale) = <(i128, u8)>::deserialize(d)?;
+            Decimal::try_from_i128_with_scale(mantissa, u32::from(scale)).map_err(D::Error::custom)
+        }
+    }
+}
+
+/// The stored form of one amount, for containers of amounts.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Compact(#[serde(with = "compact")] Decimal);
+
+pub mod compact_opt {
+    use super::*;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        d.map(Compact).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        Ok(Option::<Compact>::deserialize(d)?.map(|c| c.0))
+    }
+}
+
+pub mod compact_map {
+    use super::*;
+    use crate::domain::SmallMap;
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &SmallMap<String, Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m.iter() {
+            map.serialize_entry(k, &Compact(*v))?;
+        }
+        map.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SmallMap<String, Decimal>, D::Error> {
+        Ok(SmallMap::<String, Compact>::deserialize(d)?.into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
+}
+
 /// Most significant digits a wire decimal may carry (the precision of `rust_decimal`).
 pub const MAX_SIGNIFICANT_DIGITS: usize = 28;
 /// Most fractional digits a wire decimal may carry.
@@ -84,6 +149,54 @@ pub fn format_credits(amount: Credits) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Amounts {
+        #[serde(with = "compact")]
+        one: Decimal,
+        #[serde(with = "compact_opt")]
+        maybe: Option<Decimal>,
+        #[serde(with = "compact_map")]
+        by_user: crate::domain::SmallMap<String, Decimal>,
+    }
+
+    #[test]
+    fn stored_amounts_keep_value_and_scale_and_json_stays_text() {
+        let big = Decimal::from_str("-7922816251426433759354395033.5").unwrap();
+        for (one, maybe) in [("1.50", None), ("0.000000001", Some("12.5")), ("0", Some("-3"))] {
+            let v = Amounts {
+                one: Decimal::from_str(one).unwrap(),
+                maybe: maybe.map(|m| Decimal::from_str(m).unwrap()),
+                by_user: [("alice".to_string(), big), ("bob".to_string(), Decimal::new(45, 4))].into_iter().collect(),
+            };
+            let back: Amounts = postcard::from_bytes(&postcard::to_stdvec(&v).unwrap()).unwrap();
+            assert_eq!(back, v);
+            assert_eq!(
+                (back.one.to_string(), back.by_user.get("alice").unwrap().to_string()),
+                (one.to_string(), big.to_string())
+            );
+            let json = serde_json::to_string(&v).unwrap();
+            assert!(json.contains(&format!("\"one\":\"{one}\"")), "{json}");
+            assert_eq!(serde_json::from_str::<Amounts>(&json).unwrap(), v);
+        }
+        let small = Amounts { one: Decimal::new(149_621_235, 4), maybe: None, by_user: Default::default() };
+        assert!(
+            postcard::to_stdvec(&small).unwrap().len() <= 8,
+            "5-byte mantissa, scale, none, empty map: not 11 bytes of text"
+        );
+    }
+
+    #[test]
+    fn a_stored_amount_out_of_range_is_refused() {
+        let bytes = postcard::to_stdvec(&(i128::MAX, 0u8)).unwrap();
+        #[derive(Debug, serde::Deserialize)]
+        struct One(
+            #[serde(with = "compact")]
+            #[allow(dead_code)]
+            Decimal,
+        );
+        assert!(postcard::from_bytes::<One>(&bytes).is_err());
+    }
 
     #[test]
     fn accepts_plain_decimals() {

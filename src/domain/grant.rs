@@ -46,6 +46,7 @@ impl GrantKind {
 /// Money paid for credits: an exact amount and an ISO 4217 code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Money {
+    #[serde(with = "crate::domain::amount::compact")]
     pub amount: Decimal,
     pub currency: String,
 }
@@ -54,11 +55,17 @@ pub struct Money {
 pub struct Grant {
     pub id: String,
     pub kind: GrantKind,
+    #[serde(with = "crate::domain::amount::compact")]
     pub amount: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub remaining: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub held: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub consumed: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub expired: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub revoked: Credits,
     pub priority: u32,
     #[serde(with = "crate::domain::time::compact")]
@@ -124,6 +131,7 @@ impl Grant {
 pub struct Allocation {
     pub grant_id: String,
     pub kind: GrantKind,
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits: Credits,
 }
 

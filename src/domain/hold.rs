@@ -5,9 +5,9 @@ use super::amount::Credits;
 use super::grant::Allocation;
 use super::limits::MeterKind;
 use super::price::PriceEntry;
+use super::SmallMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use super::SmallMap;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,9 +23,11 @@ pub struct Hold {
     /// Estimated quantity still covered by the hold.
     pub quantity: u64,
     /// Credits still held: the sum of `allocations` plus `overdraft`.
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits: Credits,
     pub allocations: Vec<Allocation>,
     /// Part of the hold backed by the account's overdraft limit.
+    #[serde(with = "crate::domain::amount::compact")]
     pub overdraft: Credits,
     /// Meter units held (counters: against this cycle's limit; gauges: until resolved).
     pub meter: Option<HeldUnits>,

@@ -95,8 +95,10 @@ pub struct LedgerEntry {
     pub category: String,
     pub quantity: u64,
     pub unit_name: String,
+    #[serde(with = "crate::domain::amount::compact")]
     pub unit_price: Credits,
     /// Credits moved: charged, held, released, granted, expired…
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits: Credits,
     pub allocations: Vec<Allocation>,
     pub denial: Option<Denial>,
@@ -105,6 +107,7 @@ pub struct LedgerEntry {
     pub price_version: u64,
     pub metadata: BTreeMap<String, String>,
     /// Cost a Commit could not charge.
+    #[serde(with = "crate::domain::amount::compact")]
     pub shortfall: Credits,
 }
 

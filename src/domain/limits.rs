@@ -2,9 +2,9 @@
 
 use super::amount::Credits;
 use super::InvalidInput;
+use super::SmallMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use super::SmallMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -25,22 +25,29 @@ pub struct MeterLimit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LowBalance {
-    Credits(Credits),
-    PercentOfPlan(Decimal),
+    Credits(#[serde(with = "crate::domain::amount::compact")] Credits),
+    PercentOfPlan(#[serde(with = "crate::domain::amount::compact")] Decimal),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Hard cap on credits spent (and held) per cycle.
+    #[serde(with = "crate::domain::amount::compact_opt")]
     pub spending_cap: Option<Credits>,
     /// Soft per-cycle threshold: crossing it raises an event.
+    #[serde(with = "crate::domain::amount::compact_opt")]
     pub alert_threshold: Option<Credits>,
     pub low_balance: Option<LowBalance>,
     /// How far the balance may go below zero.
+    #[serde(with = "crate::domain::amount::compact")]
     pub overdraft_limit: Credits,
+    #[serde(with = "crate::domain::amount::compact_opt")]
     pub default_user_cap: Option<Credits>,
+    #[serde(with = "crate::domain::amount::compact_map")]
     pub user_caps: SmallMap<String, Credits>,
+    #[serde(with = "crate::domain::amount::compact_opt")]
     pub default_workspace_cap: Option<Credits>,
+    #[serde(with = "crate::domain::amount::compact_map")]
     pub workspace_caps: SmallMap<String, Credits>,
     pub meters: SmallMap<String, MeterLimit>,
 }

@@ -14,6 +14,7 @@ pub struct PriceEntry {
     pub unit_name: String,
     /// Quantity units one priced unit covers (1000 for "per 1k tokens"); at least 1.
     pub unit_size: u64,
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits_per_unit: Credits,
     /// A meter the quantity also counts against.
     pub meter: Option<String>,

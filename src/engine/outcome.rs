@@ -10,9 +10,12 @@ use serde::{Deserialize, Serialize};
 pub struct DeductOutcome {
     /// `None` when allowed.
     pub denial: Option<Denial>,
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits_charged: Credits,
     pub allocations: Vec<Allocation>,
+    #[serde(with = "crate::domain::amount::compact")]
     pub balance: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub cycle_spend: Credits,
     pub ledger_entry_id: String,
     pub price_version: u64,
@@ -22,10 +25,12 @@ pub struct DeductOutcome {
 pub struct ReserveOutcome {
     pub denial: Option<Denial>,
     pub reservation_id: String,
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits_held: Credits,
     pub allocations: Vec<Allocation>,
     #[serde(with = "crate::domain::time::compact_opt")]
     pub expires_at: Option<DateTime<Utc>>,
+    #[serde(with = "crate::domain::amount::compact")]
     pub balance: Credits,
     pub ledger_entry_id: String,
     pub price_version: u64,
@@ -33,19 +38,27 @@ pub struct ReserveOutcome {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CommitOutcome {
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits_charged: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits_released: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits_still_held: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub shortfall: Credits,
     pub allocations: Vec<Allocation>,
+    #[serde(with = "crate::domain::amount::compact")]
     pub balance: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub cycle_spend: Credits,
     pub ledger_entry_id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseOutcome {
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits_released: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub balance: Credits,
     pub ledger_entry_id: String,
 }
@@ -59,6 +72,7 @@ pub struct ExtendOutcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GrantOutcome {
     pub grant: Grant,
+    #[serde(with = "crate::domain::amount::compact")]
     pub balance: Credits,
     pub ledger_entry_id: String,
 }
@@ -66,7 +80,9 @@ pub struct GrantOutcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RevokeOutcome {
     pub grant: Grant,
+    #[serde(with = "crate::domain::amount::compact")]
     pub credits_revoked: Credits,
+    #[serde(with = "crate::domain::amount::compact")]
     pub balance: Credits,
     pub ledger_entry_id: String,
 }
