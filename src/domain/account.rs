@@ -102,7 +102,8 @@ pub struct Account {
     pub cycle: Cycle,
     /// Always in burn-down order.
     pub grants: Vec<Grant>,
-    /// Live holds by id.
+    /// Live holds by id. Ids increase, so a new hold is appended; ending one shifts those
+    /// after it, as cheap as the sums over all holds every decision makes anyway.
     pub holds: SmallMap<String, Hold>,
     pub usage: CycleUsage,
     /// Credits owed below zero (only with an overdraft limit).

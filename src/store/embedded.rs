@@ -85,8 +85,8 @@ fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreErr
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Every commit rewrites one `accounts` page per account it touches, and a typical state
     // is under 1 KB: 2 KiB pages halve the bytes copied, checksummed and written per touched
-    // account against the default 4 KiB (spread deduct: 46 -> 39 µs of server CPU a call,
-    // load-tests). Takes effect when the database is created; an existing one keeps its own.
+    // account against the default 4 KiB. Takes effect when the database is created; an
+    // existing one keeps its own.
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(
