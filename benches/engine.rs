@@ -182,14 +182,8 @@ fn full_run() -> bool {
 fn uuid(n: u64) -> String {
     let a = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let b = (n ^ 0x2545_f491_4f6c_dd1d).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        b >> 52,
-        n & 0xffff_ffff_ffff
-    )
+    // The last group is `n` itself, which keeps distinct `n` distinct.
+    common::uuid_of(a, (b & !0xffff_ffff_ffff) | (n & 0xffff_ffff_ffff))
 }
 
 /// A table of `n` answered deducts, and its keys.

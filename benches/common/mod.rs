@@ -45,16 +45,20 @@ impl Seq {
 
     /// A UUID-shaped request id (36 chars), as clients typically send.
     pub fn uuid(&mut self) -> String {
-        let (a, b) = (self.next(), self.next());
-        format!(
-            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            b >> 52,
-            b & 0xffff_ffff_ffff
-        )
+        uuid_of(self.next(), self.next())
     }
+}
+
+/// A UUID-shaped id (36 chars) from two 64-bit numbers; its last group is `b`'s low 48 bits.
+pub fn uuid_of(a: u64, b: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
+    )
 }
 
 pub fn chat_price() -> PriceEntry {

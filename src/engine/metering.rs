@@ -214,8 +214,8 @@ impl Engine {
             let hold = account.live_hold(&req.reservation_id).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
             let cost = hold.price.cost(req.quantity, account.precision)?;
             let mut entry = crate::domain::account::hold_entry(&account.id, hold, EntryKind::Commit, now, &engine.ids);
-            entry.metadata = hold.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            entry.metadata.extend(req.metadata.clone());
+            // The commit's own metadata wins over the hold's on a shared key.
+            entry.metadata = hold.metadata.iter().chain(&req.metadata).map(|(k, v)| (k.clone(), v.clone())).collect();
             let s = account
                 .commit(&req.reservation_id, req.quantity, cost, req.is_final, now)
                 .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
