@@ -18,11 +18,11 @@ use creditd::domain::price::{PriceChange, PriceEntry};
 use creditd::domain::spend::SpendAsk;
 use creditd::domain::Now;
 use creditd::engine::admin::{AccountSpec, Caller, GrantSpec};
-use creditd::engine::clock::SystemClock;
+use creditd::engine::clock::{Clock, SystemClock};
 use creditd::engine::idempotency::{answer_row, Answered, IdemEntry, Idempotency};
 use creditd::engine::outcome::Outcome;
 use creditd::engine::request::{DeductRequest, SpendTarget};
-use creditd::engine::{idem_key, Engine, EngineOptions};
+use creditd::engine::{idem_key, Engine, EngineOptions, Restored};
 use creditd::journal::{Durability, Journal, JournalOptions};
 use creditd::store::embedded::{EmbeddedStore, Synchronous};
 use creditd::store::{Batch, IdemRow, Store};
@@ -80,8 +80,8 @@ fn engine(c: &mut Criterion) {
     let _in_runtime = runtime.enter(); // the journal delivers wake-ups there
     let dir = tempfile::tempdir().unwrap();
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
-    let recovered = store.recover(0).unwrap();
     let clock = Arc::new(SystemClock::new());
+    let restored = Restored::from_store(&mut store, 0, clock.now()).unwrap();
     let idem = Arc::new(Idempotency::new(86_400_000, 10_000_000));
     let (journal, _writer) = Journal::start(
         Box::new(store),
@@ -89,7 +89,7 @@ fn engine(c: &mut Criterion) {
         clock.clone(),
         JournalOptions { durability: Durability::Async, ..JournalOptions::default() },
     );
-    let engine = Engine::new(recovered, journal, idem, None, clock, EngineOptions::default());
+    let engine = Engine::new(restored, journal, idem, None, clock, EngineOptions::default());
     let accounts = 10_000;
     runtime.block_on(async {
         let caller = |rid: String| Caller { actor: "bench".into(), request_id: Some(rid) };

@@ -4,7 +4,7 @@
 //! - heap bytes per cached account (typical and bare), exactly as the engine keeps them
 //!   (`Arc<AccountCell>` in a `DashMap<String, _>`), counted by a global allocator wrapper;
 //! - heap bytes per entry of the idempotency table;
-//! - the start-up time (open + recover + building the engine) with many accounts on disk,
+//! - the start-up time (open, then accounts decoded into their cells as they are read) with many accounts on disk,
 //!   and the size of the data directory.
 //!
 //! `FOOTPRINT_ACCOUNTS` sets how many accounts go on disk (default 1,000,000). Run by
@@ -27,7 +27,7 @@ use creditd::engine::cell::{AccountCell, Pending};
 use creditd::engine::clock::{Clock, SystemClock};
 use creditd::engine::idempotency::{Answered, IdemEntry, Idempotency};
 use creditd::engine::outcome::{DeductOutcome, Outcome};
-use creditd::engine::{idem_key, Engine, EngineOptions};
+use creditd::engine::{idem_key, Engine, EngineOptions, Restored};
 use creditd::journal::{Journal, JournalOptions};
 use creditd::store::embedded::{EmbeddedStore, Synchronous};
 use creditd::store::{Batch, RequestLookup, Store};
@@ -167,7 +167,7 @@ fn deduct_entry(now_ms: u64, ids: &IdGenerator) -> IdemEntry {
 type Cache = DashMap<String, Arc<AccountCell>>;
 
 fn cache_of(n: usize, mut make: impl FnMut(usize) -> Account) -> Cache {
-    // As `Engine::new` builds it at start-up: sized for what was recovered.
+    // As start-up builds it (`engine::Restored`): sized for what is stored.
     let map = DashMap::with_capacity(n);
     for i in 0..n {
         let a = make(i);
@@ -336,11 +336,11 @@ fn startup(n: usize) {
         assert_eq!(engine.account_count(), n);
         let (bytes, blocks, _) = heap().per(before, n);
         println!(
-            "startup: ready in {:.2} s for {n} accounts [{run}] (open {:.3} s, recover {:.2} s [SQL read + decode], engine map {:.2} s); heap after start-up {:.0} bytes/account ({:.1} blocks/account)",
+            "startup: ready in {:.2} s for {n} accounts [{run}] (open {:.3} s, restore {:.2} s [SQL read, decode, cells], engine {:.2} s); heap after start-up {:.0} bytes/account ({:.1} blocks/account)",
             secs(t.ready),
             secs(t.opened),
-            secs(t.recovered - t.opened),
-            secs(t.ready - t.recovered),
+            secs(t.restored - t.opened),
+            secs(t.ready - t.restored),
             bytes,
             blocks,
         );
@@ -355,23 +355,23 @@ fn startup(n: usize) {
 /// Cumulative times of the start-up steps.
 struct StartTimes {
     opened: Duration,
-    recovered: Duration,
+    restored: Duration,
     ready: Duration,
 }
 
-/// Start-up, as `app::start` does it: open, recover, reader, journal, engine.
+/// Start-up, as `app::start` does it: open, restore, reader, journal, engine.
 fn start(dir: &std::path::Path, clock: Arc<SystemClock>) -> (Engine, std::thread::JoinHandle<()>, StartTimes) {
     let t0 = Instant::now();
     let mut store = EmbeddedStore::open(dir, Synchronous::Normal).expect("open store");
     let opened = t0.elapsed();
-    let recovered = store.recover(0).expect("recover");
-    let recovered_at = t0.elapsed();
+    let restored = Restored::from_store(&mut store, 0, clock.now()).expect("restore");
+    let restored_at = t0.elapsed();
     let lookup: Arc<dyn RequestLookup> = Arc::new(EmbeddedStore::reader(dir).expect("reader"));
     let idem = Arc::new(Idempotency::new(86_400_000, 5_000_000));
     let (journal, writer) = Journal::start(Box::new(store), idem.clone(), clock.clone(), JournalOptions::default());
-    let engine = Engine::new(recovered, journal, idem, Some(lookup), clock, EngineOptions::default());
+    let engine = Engine::new(restored, journal, idem, Some(lookup), clock, EngineOptions::default());
     let ready = t0.elapsed();
-    (engine, writer, StartTimes { opened, recovered: recovered_at, ready })
+    (engine, writer, StartTimes { opened, restored: restored_at, ready })
 }
 
 fn main() {

@@ -9,13 +9,13 @@ use crate::api::reporting::ReportingService;
 use crate::config::Config;
 use crate::engine::clock::Clock;
 use crate::engine::idempotency::Idempotency;
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::{Engine, EngineOptions, Restored};
 use crate::journal::{Journal, JournalOptions};
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::metering_server::MeteringServer;
 use crate::proto::v1::reporting_server::ReportingServer;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{RequestLookup, Store, StoreError};
+use crate::store::{RequestLookup, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,17 +50,18 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let retention = Duration::from_secs(config.limits.idempotency_retention_hours * 3600);
     let since_ms = clock.now().wall_ms().saturating_sub(retention.as_millis() as u64);
     let started = std::time::Instant::now();
-    let (store, recovered, lookup) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+    let now = clock.now();
+    let (store, restored, lookup) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let mut store = EmbeddedStore::open(&data_dir, synchronous)?;
-        let recovered = store.recover(since_ms)?;
+        let restored = Restored::from_store(&mut store, since_ms, now)?;
         let lookup = EmbeddedStore::reader(&data_dir)?;
-        Ok((store, recovered, lookup))
+        Ok((store, restored, lookup))
     })
     .await
     .expect("recovery task")?;
     tracing::info!(
-        accounts = recovered.accounts.len(),
-        answered_requests = recovered.idempotency.len(),
+        accounts = restored.account_count(),
+        answered_requests = restored.recovered.idempotency.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         data_dir = %config.store.data_dir.display(),
         "recovered state from the embedded store"
@@ -85,7 +86,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         max_holds_per_account: config.limits.max_holds_per_account,
     };
     let lookup: Arc<dyn RequestLookup> = Arc::new(lookup);
-    let engine = Arc::new(Engine::new(recovered, journal, idempotency, Some(lookup), clock, options));
+    let engine = Arc::new(Engine::new(restored, journal, idempotency, Some(lookup), clock, options));
 
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;

@@ -13,6 +13,7 @@ pub mod idempotency;
 mod metering;
 pub mod outcome;
 pub mod request;
+mod restore;
 pub mod views;
 
 use crate::domain::account::Account;
@@ -22,12 +23,13 @@ use crate::domain::ledger::LedgerEntry;
 use crate::domain::price::PriceBook;
 use crate::error::Error;
 use crate::journal::Journal;
-use crate::store::{IdemRow, Recovered, RequestLookup, StoreError};
+use crate::store::{IdemRow, RequestLookup, StoreError};
 use cell::{AccountCell, Pending, PendingAnswer, Slot};
 use clock::Clock;
 use dashmap::DashMap;
 use idempotency::{Answered, IdemEntry, Idempotency, Seen};
 use outcome::Outcome;
+pub use restore::Restored;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -81,25 +83,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the engine from what the store recovered.
+    /// Builds the engine from what start-up read back from the store.
     pub fn new(
-        recovered: Recovered,
+        restored: Restored,
         journal: Journal,
         idempotency: Arc<Idempotency>,
         lookup: Option<Arc<dyn RequestLookup>>,
         clock: Arc<dyn Clock>,
         options: EngineOptions,
     ) -> Engine {
-        let now = clock.now();
-        let accounts = DashMap::with_capacity(recovered.accounts.len());
-        let with_holds = DashMap::new();
-        for mut account in recovered.accounts {
-            account.restore_deadlines(now);
-            if !account.holds.is_empty() {
-                with_holds.insert(account.id.clone(), ());
-            }
-            accounts.insert(account.id.clone(), Arc::new(AccountCell::new(account)));
-        }
+        let Restored { accounts, with_holds, recovered } = restored;
         if recovered.answers_archived {
             idempotency.mark_evicted();
         }

@@ -185,13 +185,22 @@ impl Store for EmbeddedStore {
         state.map(|s| decode_account(&s)).transpose()
     }
 
+    fn account_count(&mut self) -> Result<usize, StoreError> {
+        Ok(self.conn.query_row("SELECT count(*) FROM accounts", [], |r| r.get::<_, i64>(0))? as usize)
+    }
+
+    fn each_account(&mut self, each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare("SELECT state FROM accounts")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            // Borrowed straight from SQLite's page buffer: no copy of the state is made.
+            each(row.get_ref(0)?.as_blob().map_err(|e| StoreError::Corrupt(format!("account state: {e}")))?)?;
+        }
+        Ok(())
+    }
+
     fn recover(&mut self, idem_since_ms: u64) -> Result<Recovered, StoreError> {
         let mut out = Recovered::default();
-        let mut stmt = self.conn.prepare("SELECT state FROM accounts")?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-        for state in rows {
-            out.accounts.push(decode_account(&state?)?);
-        }
         let mut stmt = self.conn.prepare("SELECT rows FROM answers WHERE newest_ms >= ?1 ORDER BY seq")?;
         let blobs = stmt.query_map([idem_since_ms as i64], |r| r.get::<_, Vec<u8>>(0))?;
         for blob in blobs {
@@ -324,6 +333,30 @@ mod tests {
 
     fn answered(id: &str, created_ms: u64) -> IdemRow {
         IdemRow { request_id: id.into(), account_id: "a".into(), fingerprint: 7, outcome: vec![1, 2], created_ms }
+    }
+
+    #[test]
+    fn every_stored_account_state_is_handed_over_once() {
+        use crate::store::encode_account;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        let account = |id: &str, name: &str| {
+            let mut a = Account::blank(id, chrono::Utc::now());
+            a.display_name = name.into();
+            (id.to_string(), encode_account(&a))
+        };
+        store.write(&Batch { accounts: vec![account("a", "first"), account("b", "b")], ..Batch::default() }).unwrap();
+        store.write(&Batch { accounts: vec![account("a", "second")], ..Batch::default() }).unwrap();
+
+        assert_eq!(store.account_count().unwrap(), 2);
+        let mut seen = Vec::new();
+        store.each_account(&mut |state| Ok(seen.push(decode_account(state)?))).unwrap();
+        seen.sort_by(|x, y| x.id.cmp(&y.id));
+        let names: Vec<(&str, &str)> = seen.iter().map(|a| (a.id.as_str(), a.display_name.as_str())).collect();
+        assert_eq!(names, [("a", "second"), ("b", "b")], "the latest state of each account");
+
+        let failed = store.each_account(&mut |_| Err(StoreError::Failed("stop".into())));
+        assert!(matches!(failed, Err(StoreError::Failed(m)) if m == "stop"), "the callback's error ends the scan");
     }
 
     #[test]

@@ -73,10 +73,10 @@ impl Batch {
     }
 }
 
-/// Everything needed to rebuild the engine after a restart.
+/// Everything besides the accounts needed to rebuild the engine after a restart (the
+/// accounts stream through `Store::each_account`).
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub accounts: Vec<Account>,
     pub idempotency: Vec<IdemRow>,
     pub price_book: PriceBook,
     /// Highest numeric id part seen, so new ids stay above it.
@@ -89,7 +89,12 @@ pub trait Store: Send + 'static {
     /// Writes a batch atomically: all of it or none of it.
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError>;
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError>;
-    /// Loads every account, the request ids answered since `idem_since_ms`, and the prices.
+    /// How many accounts are stored, to size the engine's map before they stream in.
+    fn account_count(&mut self) -> Result<usize, StoreError>;
+    /// Hands every stored account state (`encode_account` bytes) to `each` as it is read,
+    /// so start-up never holds a second copy of all of them.
+    fn each_account(&mut self, each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>) -> Result<(), StoreError>;
+    /// Loads the request ids answered since `idem_since_ms`, and the prices.
     fn recover(&mut self, idem_since_ms: u64) -> Result<Recovered, StoreError>;
     /// Deletes request ids answered before `before_ms`.
     fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError>;

@@ -56,6 +56,25 @@ async fn a_restart_keeps_balances_holds_answers_and_audit_records() {
     assert_eq!(ops, vec!["CreateAccount", "GrantCredits", "UpsertPrices"]);
 }
 
+/// Start-up puts live holds back on the monotonic clock and in the expiry sweep's set.
+#[tokio::test]
+async fn holds_expire_on_time_after_a_restart() {
+    let s = TestServer::start().await;
+    s.account_with("acme", "10").await;
+    s.price("op", "1", 1).await;
+    s.reserve("acme", "op", 4, 300).await;
+    s.advance(Duration::from_secs(200));
+
+    let s = s.restart().await;
+    let engine = s.running.as_ref().unwrap().engine.clone();
+    s.advance(Duration::from_secs(99));
+    assert_eq!(engine.sweep_holds(), 0, "100 s of the hold's 300 s are left");
+    assert_eq!((s.balance("acme").await.balance.as_str(), s.balance("acme").await.held.as_str()), ("6", "4"));
+    s.advance(Duration::from_secs(2));
+    assert_eq!(engine.sweep_holds(), 1, "the sweep found the restored hold");
+    assert_eq!((s.balance("acme").await.balance.as_str(), s.balance("acme").await.held.as_str()), ("10", "0"));
+}
+
 #[tokio::test]
 async fn a_second_process_cannot_open_the_same_data_directory() {
     let s = TestServer::start().await;
@@ -216,6 +235,15 @@ impl creditd::store::Store for FlakyStore {
     ) -> Result<Option<creditd::domain::account::Account>, creditd::store::StoreError> {
         self.inner.load_account(id)
     }
+    fn account_count(&mut self) -> Result<usize, creditd::store::StoreError> {
+        self.inner.account_count()
+    }
+    fn each_account(
+        &mut self,
+        each: &mut dyn FnMut(&[u8]) -> Result<(), creditd::store::StoreError>,
+    ) -> Result<(), creditd::store::StoreError> {
+        self.inner.each_account(each)
+    }
     fn recover(&mut self, since_ms: u64) -> Result<creditd::store::Recovered, creditd::store::StoreError> {
         self.inner.recover(since_ms)
     }
@@ -240,19 +268,19 @@ async fn engine_over_flaky_store(
     dir: &std::path::Path,
     options: creditd::journal::JournalOptions,
 ) -> (creditd::engine::Engine, Switches) {
+    use creditd::engine::clock::Clock;
     use creditd::engine::{idempotency::Idempotency, Engine, EngineOptions};
     use creditd::journal::Journal;
-    use creditd::store::Store;
 
     let mut inner =
         creditd::store::embedded::EmbeddedStore::open(dir, creditd::store::embedded::Synchronous::Full).unwrap();
-    let recovered = inner.recover(0).unwrap();
     let switches = Switches::default();
     let clock = Arc::new(creditd::engine::clock::ManualClock::new(t0()));
+    let restored = creditd::engine::Restored::from_store(&mut inner, 0, clock.now()).unwrap();
     let idem = Arc::new(Idempotency::new(86_400_000, 1000));
     let store = FlakyStore { inner, failing: switches.failing.clone(), stalled: switches.stalled.clone() };
     let (journal, _writer) = Journal::start(Box::new(store), idem.clone(), clock.clone(), options);
-    let engine = Engine::new(recovered, journal, idem, None, clock, EngineOptions::default());
+    let engine = Engine::new(restored, journal, idem, None, clock, EngineOptions::default());
     let caller = |rid: &str| creditd::engine::admin::Caller { actor: "test".into(), request_id: Some(rid.into()) };
     engine
         .create_account(
