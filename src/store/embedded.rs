@@ -350,7 +350,12 @@ mod tests {
 
         assert_eq!(store.account_count().unwrap(), 2);
         let mut seen = Vec::new();
-        store.each_account(&mut |state| Ok(seen.push(decode_account(state)?))).unwrap();
+        store
+            .each_account(&mut |state| {
+                seen.push(decode_account(state)?);
+                Ok(())
+            })
+            .unwrap();
         seen.sort_by(|x, y| x.id.cmp(&y.id));
         let names: Vec<(&str, &str)> = seen.iter().map(|a| (a.id.as_str(), a.display_name.as_str())).collect();
         assert_eq!(names, [("a", "second"), ("b", "b")], "the latest state of each account");
