@@ -1,6 +1,7 @@
 //! creditd: a gRPC metering sidecar and quota server for AI platforms.
-#![deny(unsafe_code)] // one allowed exception: the journal writer's priority (src/journal)
+#![deny(unsafe_code)] // allowed exceptions: the journal writer's priority (src/journal), one allocator option
 
+pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod cli;

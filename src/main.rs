@@ -68,6 +68,7 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    creditd::allocator::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),

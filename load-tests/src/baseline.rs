@@ -104,6 +104,7 @@ impl Metering for Bare {
 }
 
 fn main() {
+    creditd::allocator::keep_freed_memory(); // as creditd does
     let args = Args::parse();
     assert!(args.listen.ip().is_loopback(), "the baseline serves loopback only");
     let runtime = match args.runtime.as_str() {
