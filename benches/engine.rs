@@ -20,7 +20,6 @@ use creditd::domain::Now;
 use creditd::engine::admin::{AccountSpec, Caller, GrantSpec};
 use creditd::engine::clock::{Clock, SystemClock};
 use creditd::engine::idempotency::{answer_row, Answered, IdemEntry, Idempotency};
-use creditd::engine::outcome::Outcome;
 use creditd::engine::request::{DeductRequest, SpendTarget};
 use creditd::engine::{idem_key, Engine, EngineOptions, Restored};
 use creditd::journal::{Durability, Journal, JournalOptions};
@@ -197,7 +196,7 @@ fn answered_requests(n: usize) -> (Idempotency, Vec<String>) {
         let key = idem_key(&account, &uuid(i as u64));
         let entry = IdemEntry {
             fingerprint: IDEM_FINGERPRINT,
-            answer: Answered::new(common::deduct_outcome(&ids, now_ms), true),
+            answer: Answered::new(&common::deduct_outcome(&ids, now_ms), true),
             created_ms: now_ms,
         };
         table.insert(key.clone(), entry);
@@ -301,7 +300,7 @@ fn burn_down(c: &mut Criterion) {
 }
 
 /// What one allowed CheckAndDeduct hands the journal: a ledger entry and an idempotency row.
-fn deduct_records(account: &str, n: u64, ids: &IdGenerator, outcome: &Outcome) -> (LedgerEntry, IdemRow) {
+fn deduct_records(account: &str, n: u64, ids: &IdGenerator, answer: &Answered) -> (LedgerEntry, IdemRow) {
     let wall = Utc::now();
     let now_ms = wall.timestamp_millis() as u64;
     let request_id = uuid(n);
@@ -321,7 +320,7 @@ fn deduct_records(account: &str, n: u64, ids: &IdGenerator, outcome: &Outcome) -
     e.request_id = Some(request_id.clone());
     e.price_version = 3;
     let row =
-        answer_row(&idem_key(account, &request_id), account, n.wrapping_mul(0x9e37_79b9_7f4a_7c15), outcome, now_ms);
+        answer_row(&idem_key(account, &request_id), account, n.wrapping_mul(0x9e37_79b9_7f4a_7c15), answer, now_ms);
     (e, row)
 }
 
@@ -336,14 +335,14 @@ fn group_commit(c: &mut Criterion) {
     let accounts: Vec<String> = (0..1_000).map(|i| format!("org-{i:07}")).collect();
     let now = Now { wall: Utc::now(), mono_ms: 1_000 };
     let snapshot = common::typical_account(0, now, &ids, &mut common::Seq(0x9e37_79b9_7f4a_7c15));
-    let outcome = common::deduct_outcome(&ids, Utc::now().timestamp_millis() as u64);
+    let answer = Answered::new(&common::deduct_outcome(&ids, Utc::now().timestamp_millis() as u64), true);
     let mut n = 0u64;
     let mut make = |k: usize, snapshots: usize| {
         let mut batch = Batch::default();
         for i in 0..k {
             n += 1;
             let account = if snapshots == 1 { &accounts[0] } else { &accounts[i] };
-            let (entry, row) = deduct_records(account, n, &ids, &outcome);
+            let (entry, row) = deduct_records(account, n, &ids, &answer);
             batch.entries.push(entry);
             batch.idempotency.push(row);
         }

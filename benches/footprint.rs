@@ -26,7 +26,7 @@ use creditd::domain::Now;
 use creditd::engine::cell::{AccountCell, Pending};
 use creditd::engine::clock::{Clock, SystemClock};
 use creditd::engine::idempotency::{Answered, IdemEntry, Idempotency};
-use creditd::engine::outcome::{DeductOutcome, Outcome};
+use creditd::engine::outcome::Outcome;
 use creditd::engine::{idem_key, Engine, EngineOptions, Restored};
 use creditd::journal::{Journal, JournalOptions};
 use creditd::store::embedded::{EmbeddedStore, Synchronous};
@@ -159,7 +159,7 @@ fn bare_account(i: usize, now: Now, ids: &IdGenerator) -> Account {
 fn deduct_entry(now_ms: u64, ids: &IdGenerator) -> IdemEntry {
     IdemEntry {
         fingerprint: 0x9e37_79b9_7f4a_7c15 ^ now_ms,
-        answer: Answered::new(common::deduct_outcome(ids, now_ms), true),
+        answer: Answered::new(&common::deduct_outcome(ids, now_ms), true),
         created_ms: now_ms,
     }
 }
@@ -260,10 +260,10 @@ fn memory(n: usize) {
     }
     let (bytes, blocks, _) = heap().per(before, n);
     println!(
-        "memory: idempotency entry (deduct answer): {bytes:.0} bytes/entry ({blocks:.1} heap blocks/entry) over {} entries; size_of Outcome {} vs DeductOutcome {}, IdemEntry {}",
+        "memory: idempotency entry (deduct answer): {bytes:.0} bytes/entry ({blocks:.1} heap blocks/entry) over {} entries; the answer kept encoded in {} bytes (size_of Outcome {}), IdemEntry {}",
         table.len(),
+        deduct_entry(now_ms, &ids).answer.encoded().len(),
         size_of::<Outcome>(),
-        size_of::<DeductOutcome>(),
         size_of::<IdemEntry>(),
     );
     drop(table);

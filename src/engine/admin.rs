@@ -296,8 +296,8 @@ impl Engine {
                 return Err(not_found(&spec.account_id));
             }
             if let Some(seen) = self.seen(&key, fingerprint)? {
-                return match &seen.outcome {
-                    Outcome::Grant(g) => Ok(Answer { outcome: g.clone(), replayed: true }),
+                return match seen.outcome() {
+                    Outcome::Grant(g) => Ok(Answer { outcome: g, replayed: true }),
                     _ => Err(Error::AlreadyExists("request_id was already used for a different operation".into())),
                 };
             }
@@ -372,8 +372,8 @@ impl Engine {
                 return Err(not_found(account_id));
             }
             if let Some(seen) = self.seen(&key, fingerprint)? {
-                return match &seen.outcome {
-                    Outcome::Revoke(r) => Ok(Answer { outcome: r.clone(), replayed: true }),
+                return match seen.outcome() {
+                    Outcome::Revoke(r) => Ok(Answer { outcome: r, replayed: true }),
                     _ => Err(Error::AlreadyExists("request_id was already used for a different operation".into())),
                 };
             }

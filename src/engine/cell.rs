@@ -35,7 +35,7 @@ pub struct PendingAnswer {
 
 impl PendingAnswer {
     pub fn to_row(&self, account_id: &str) -> IdemRow {
-        super::idempotency::answer_row(&self.key, account_id, self.fingerprint, &self.answer.outcome, self.created_ms)
+        super::idempotency::answer_row(&self.key, account_id, self.fingerprint, &self.answer, self.created_ms)
     }
 }
 

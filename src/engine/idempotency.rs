@@ -20,17 +20,37 @@ pub struct IdemEntry {
 }
 
 /// An answer, shared by the map and the journal writer, which marks it durable in place.
+///
+/// Kept in its stored form (the outcome postcard-encoded): millions are kept for a day and
+/// nearly all are never asked for again. Encoded once, it is one small block in memory
+/// (against five for the outcome itself) and the very bytes the journal writes.
 #[derive(Debug)]
 pub struct Answered {
-    pub outcome: Outcome,
+    encoded: Box<[u8]>,
     /// False until the change is durable: a duplicate arriving before that cannot be told
     /// the outcome yet.
     durable: AtomicBool,
 }
 
 impl Answered {
-    pub fn new(outcome: Outcome, durable: bool) -> Arc<Self> {
-        Arc::new(Answered { outcome, durable: AtomicBool::new(durable) })
+    pub fn new(outcome: &Outcome, durable: bool) -> Arc<Self> {
+        let encoded = postcard::to_stdvec(outcome).expect("outcome encodes").into_boxed_slice();
+        Arc::new(Answered { encoded, durable: AtomicBool::new(durable) })
+    }
+
+    /// An answer read back from the store; refused if it does not decode.
+    pub fn decoded_from(encoded: &[u8]) -> Result<Arc<Self>, postcard::Error> {
+        postcard::from_bytes::<Outcome>(encoded)?;
+        Ok(Arc::new(Answered { encoded: encoded.into(), durable: AtomicBool::new(true) }))
+    }
+
+    /// The outcome, for a replay.
+    pub fn outcome(&self) -> Outcome {
+        postcard::from_bytes(&self.encoded).expect("answers are checked when made or read back")
+    }
+
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
     }
 
     pub fn is_durable(&self) -> bool {
@@ -47,13 +67,13 @@ pub fn account_of(key: &str) -> &str {
     key.split('\u{1f}').next().unwrap_or(key)
 }
 
-/// The stored form of an answer (the outcome postcard-encoded), for the journal and the archive.
-pub fn answer_row(key: &str, account_id: &str, fingerprint: u64, outcome: &Outcome, created_ms: u64) -> IdemRow {
+/// The stored form of an answer, for the journal and the archive.
+pub fn answer_row(key: &str, account_id: &str, fingerprint: u64, answer: &Answered, created_ms: u64) -> IdemRow {
     IdemRow {
         request_id: key.to_string(),
         account_id: account_id.to_string(),
         fingerprint,
-        outcome: postcard::to_stdvec(outcome).expect("outcome encodes"),
+        outcome: answer.encoded().to_vec(),
         created_ms,
     }
 }
@@ -62,7 +82,7 @@ pub fn answer_row(key: &str, account_id: &str, fingerprint: u64, outcome: &Outco
 pub fn entry_from_row(row: &IdemRow) -> Result<IdemEntry, postcard::Error> {
     Ok(IdemEntry {
         fingerprint: row.fingerprint,
-        answer: Answered::new(postcard::from_bytes(&row.outcome)?, true),
+        answer: Answered::decoded_from(&row.outcome)?,
         created_ms: row.created_ms,
     })
 }
@@ -210,7 +230,7 @@ mod tests {
     use super::*;
 
     fn entry(ms: u64, durable: bool) -> IdemEntry {
-        IdemEntry { fingerprint: 1, answer: Answered::new(Outcome::AccountChanged, durable), created_ms: ms }
+        IdemEntry { fingerprint: 1, answer: Answered::new(&Outcome::AccountChanged, durable), created_ms: ms }
     }
 
     #[test]

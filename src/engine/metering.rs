@@ -1,6 +1,7 @@
 //! The Metering operations: CheckAndDeduct (and its batch form), Reserve, Commit, Release,
 //! Extend. Each decides under one account lock, then waits for durability outside it.
 
+use super::idempotency::Answered;
 use super::outcome::*;
 use super::request::*;
 use super::{idem_key, settle, Answer, Change, Durable, Engine};
@@ -67,7 +68,7 @@ impl Engine {
         let fingerprint = req.fingerprint();
         if let Some(k) = &key {
             if let Some(seen) = self.seen(k, fingerprint)? {
-                let narrowed = expect_outcome(replayed(&seen.outcome), |o| match o {
+                let narrowed = expect_outcome(replayed(&seen), |o| match o {
                     Outcome::Deduct(d) => Some(d),
                     _ => None,
                 });
@@ -132,7 +133,7 @@ impl Engine {
             }
             let fingerprint = req.fingerprint();
             if let Some(seen) = self.seen(&key, fingerprint)? {
-                return expect_outcome(replayed(&seen.outcome), |o| match o {
+                return expect_outcome(replayed(&seen), |o| match o {
                     Outcome::Reserve(r) => Some(r),
                     _ => None,
                 });
@@ -315,7 +316,7 @@ impl Engine {
         let (durable, answer) = {
             let mut slot = cell.lock();
             if let Some(seen) = self.seen(&key, fingerprint)? {
-                return Ok(replayed(&seen.outcome));
+                return Ok(replayed(&seen));
             }
             let now = self.clock.now();
             let mut entries = slot.account.advance(now, &self.ids);
@@ -398,8 +399,8 @@ fn fresh<T>(outcome: T) -> Answer<T> {
 }
 
 /// The stored answer to an earlier call, flagged as a replay.
-fn replayed(seen: &Outcome) -> Answer<Outcome> {
-    Answer { outcome: seen.clone(), replayed: true }
+fn replayed(seen: &Answered) -> Answer<Outcome> {
+    Answer { outcome: seen.outcome(), replayed: true }
 }
 
 fn deduct_not_found() -> DeductOutcome {

@@ -167,7 +167,7 @@ impl Engine {
         // Async durability answers before the write: such answers count as durable at once.
         let must_wait = self.journal.admit();
         let answer = change.answer.map(|(key, fingerprint, outcome)| {
-            let answer = Answered::new(outcome, !must_wait);
+            let answer = Answered::new(&outcome, !must_wait);
             let created_ms = self.clock.now().wall_ms();
             self.idempotency.insert(key.clone(), IdemEntry { fingerprint, answer: answer.clone(), created_ms });
             PendingAnswer { key, fingerprint, answer, created_ms }
@@ -255,7 +255,7 @@ impl Engine {
                 .iter()
                 .map(|(key, e)| {
                     let account = idempotency::account_of(key);
-                    idempotency::answer_row(key, account, e.fingerprint, &e.answer.outcome, e.created_ms)
+                    idempotency::answer_row(key, account, e.fingerprint, &e.answer, e.created_ms)
                 })
                 .collect();
             if let Err(e) = self.journal.archive(rows).await {
