@@ -6,6 +6,7 @@
 //! One process owns a data directory: an exclusive lock on `LOCK` is taken at open and a
 //! second process gets a clear error instead of a corrupted store.
 
+use super::account_log::AccountLog;
 use super::{decode_account, Batch, IdemRow, JournalChunk, Recovered, Store, StoreError};
 use crate::domain::account::Account;
 use crate::domain::ids::id_number;
@@ -14,9 +15,17 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/embedded/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/embedded/0001_init.sql"),
+    include_str!("../../migrations/embedded/0002_account_log.sql"),
+];
 const DB_FILE: &str = "creditd.db";
 const PAGE_SIZE: i64 = 2048;
+/// Bytes of account states the log may hold before the oldest move into `accounts`. The
+/// larger, the more often an account is touched again before it moves (written once
+/// instead of at every commit); it bounds the memory beside the store and what start-up
+/// reads back from the log.
+const LOG_BUDGET: usize = 32 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,6 +42,8 @@ pub struct EmbeddedStore {
     buf: Vec<u8>,
     /// The highest ledger entry id written, carried into every journal row.
     high_id: u64,
+    /// The account states that are only in `account_log` so far.
+    log: AccountLog,
     _lock: File,
 }
 
@@ -65,7 +76,8 @@ impl EmbeddedStore {
         migrate(&conn)?;
         let high_id: Option<i64> =
             conn.query_row("SELECT high_id FROM journal ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).optional()?;
-        Ok(EmbeddedStore { conn, buf: Vec::new(), high_id: high_id.unwrap_or(0) as u64, _lock: lock })
+        let log = read_account_log(&conn)?;
+        Ok(EmbeddedStore { conn, buf: Vec::new(), high_id: high_id.unwrap_or(0) as u64, log, _lock: lock })
     }
 
     /// A second, read-only connection for lookups off the writer thread (WAL allows it).
@@ -124,15 +136,27 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 impl Store for EmbeddedStore {
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let high_id_before = self.high_id;
+        let log_seq = self.log.next_seq();
         let tx = self.conn.transaction()?;
-        {
-            let mut put_account = tx.prepare_cached(
-                "INSERT INTO accounts (id, state, updated_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
-            )?;
+        let checkpoint = {
             let now_ms = chrono::Utc::now().timestamp_millis();
-            for (id, state) in &batch.accounts {
-                put_account.execute(params![id, state, now_ms])?;
+            let mut logged = 0;
+            if !batch.accounts.is_empty() {
+                encode_into(&mut self.buf, &LogRow(&batch.accounts));
+                logged = self.buf.len();
+                tx.prepare_cached("INSERT INTO account_log (seq, states) VALUES (?1, ?2)")?
+                    .execute(params![log_seq as i64, self.buf])?;
+            }
+            let checkpoint = self.log.plan(logged);
+            if !checkpoint.states.is_empty() {
+                let mut put_account = tx.prepare_cached(
+                    "INSERT INTO accounts (id, state, updated_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+                )?;
+                for (id, state) in &checkpoint.states {
+                    put_account.execute(params![id, state, now_ms])?;
+                }
+                tx.prepare_cached("DELETE FROM account_log WHERE seq < ?1")?.execute([checkpoint.keep_from as i64])?;
             }
             let mut high_id = self.high_id;
             if !batch.entries.is_empty() {
@@ -174,27 +198,44 @@ impl Store for EmbeddedStore {
                     params![serde_json::to_string(book.as_ref())?],
                 )?;
             }
-        }
+            (checkpoint, logged)
+        };
         tx.commit().inspect_err(|_| self.high_id = high_id_before)?;
+        let (checkpoint, logged) = checkpoint;
+        self.log.checkpointed(checkpoint);
+        if logged > 0 {
+            self.log.append(log_seq, logged, batch.accounts.iter().cloned());
+        }
         Ok(())
     }
 
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError> {
+        if let Some(state) = self.log.state(account_id) {
+            return decode_account(state).map(Some);
+        }
         let state: Option<Vec<u8>> =
             self.conn.query_row("SELECT state FROM accounts WHERE id = ?1", [account_id], |r| r.get(0)).optional()?;
         state.map(|s| decode_account(&s)).transpose()
     }
 
     fn account_count(&mut self) -> Result<usize, StoreError> {
-        Ok(self.conn.query_row("SELECT count(*) FROM accounts", [], |r| r.get::<_, i64>(0))? as usize)
+        let in_table = self.conn.query_row("SELECT count(*) FROM accounts", [], |r| r.get::<_, i64>(0))? as usize;
+        Ok(in_table + self.log.len())
     }
 
+    /// The log's states first, then the table's rows the log has not replaced.
     fn each_account(&mut self, each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare("SELECT state FROM accounts")?;
+        for (_, state) in self.log.states() {
+            each(state)?;
+        }
+        let mut stmt = self.conn.prepare("SELECT id, state FROM accounts")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            // Borrowed straight from SQLite's page buffer: no copy of the state is made.
-            each(row.get_ref(0)?.as_blob().map_err(|e| StoreError::Corrupt(format!("account state: {e}")))?)?;
+            let corrupt = |e: rusqlite::types::FromSqlError| StoreError::Corrupt(format!("account row: {e}"));
+            if self.log.state(row.get_ref(0)?.as_str().map_err(corrupt)?).is_none() {
+                // Borrowed straight from SQLite's page buffer: no copy of the state is made.
+                each(row.get_ref(1)?.as_blob().map_err(corrupt)?)?;
+            }
         }
         Ok(())
     }
@@ -274,6 +315,47 @@ fn encode_into<T: serde::Serialize>(buf: &mut Vec<u8>, value: &T) {
 
 fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// One `account_log` row: the (account id, state) pairs of a commit.
+struct LogRow<'a>(&'a [(String, Vec<u8>)]);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LoggedState<'a> {
+    id: &'a str,
+    /// As a byte string: serde would otherwise write a list of numbers, one call per byte.
+    #[serde(with = "byte_string", borrow)]
+    state: &'a [u8],
+}
+
+impl serde::Serialize for LogRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(id, state)| LoggedState { id, state }))
+    }
+}
+
+mod byte_string {
+    pub fn serialize<S: serde::Serializer>(bytes: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'de [u8], D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+}
+
+/// What the account log holds, read back at open.
+fn read_account_log(conn: &Connection) -> Result<AccountLog, StoreError> {
+    let mut log = AccountLog::new(LOG_BUDGET);
+    let mut stmt = conn.prepare("SELECT seq, states FROM account_log ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let blob = row.get_ref(1)?.as_blob().map_err(|e| StoreError::Corrupt(format!("account log: {e}")))?;
+        let states: Vec<LoggedState> = decode(blob, "account log")?;
+        let states = states.into_iter().map(|s| (s.id.to_string(), s.state.to_vec()));
+        log.append(row.get::<_, i64>(0)? as u64, blob.len(), states);
+    }
+    Ok(log)
 }
 
 fn read_journal(conn: &Connection, after_seq: u64, limit: usize) -> Result<Vec<JournalChunk>, StoreError> {
@@ -362,6 +444,51 @@ mod tests {
 
         let failed = store.each_account(&mut |_| Err(StoreError::Failed("stop".into())));
         assert!(matches!(failed, Err(StoreError::Failed(m)) if m == "stop"), "the callback's error ends the scan");
+    }
+
+    #[test]
+    fn states_move_from_the_log_to_the_table_and_read_back_the_same() {
+        use crate::store::encode_account;
+        let dir = tempfile::tempdir().unwrap();
+        let state = |id: &str, version: u32| {
+            let mut a = Account::blank(id, chrono::Utc::now());
+            a.display_name = format!("v{version}");
+            (id.to_string(), encode_account(&a))
+        };
+        let names = |store: &mut EmbeddedStore| {
+            let mut seen = Vec::new();
+            store
+                .each_account(&mut |s| {
+                    let a = decode_account(s)?;
+                    seen.push((a.id, a.display_name));
+                    Ok(())
+                })
+                .unwrap();
+            seen.sort();
+            seen
+        };
+        let count = |store: &EmbeddedStore, table: &str| {
+            store.conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0)).unwrap()
+        };
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        store.log.budget = 2 * state("a", 0).1.len(); // about two states
+        for version in 1..=3 {
+            store
+                .write(&Batch { accounts: vec![state("a", version), state("b", version)], ..Batch::default() })
+                .unwrap();
+        }
+        store.write(&Batch { accounts: vec![state("a", 4)], ..Batch::default() }).unwrap();
+        let want = [("a".to_string(), "v4".to_string()), ("b".to_string(), "v3".to_string())];
+        assert_eq!(names(&mut store), want);
+        assert_eq!(store.load_account("a").unwrap().unwrap().display_name, "v4", "the log's newest");
+        assert_eq!(store.load_account("b").unwrap().unwrap().display_name, "v3");
+        assert!(count(&store, "accounts") == 2, "older states moved to the table");
+        assert!(count(&store, "account_log") < 4, "and their log rows went");
+
+        drop(store);
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        assert_eq!(names(&mut store), want, "read back after a reopen: the log over the table");
+        assert_eq!(store.account_count().unwrap(), 2 + store.log.len());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Durable state: the seam between the journal and a concrete store. The embedded SQLite
 //! store is the default; every store passes the same behavioural tests.
 
+mod account_log;
 pub mod embedded;
 
 use crate::domain::account::Account;
@@ -89,7 +90,8 @@ pub trait Store: Send + 'static {
     /// Writes a batch atomically: all of it or none of it.
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError>;
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError>;
-    /// How many accounts are stored, to size the engine's map before they stream in.
+    /// About how many accounts are stored (never fewer), to size the engine's map before
+    /// they stream in.
     fn account_count(&mut self) -> Result<usize, StoreError>;
     /// Hands every stored account state (`encode_account` bytes) to `each` as it is read,
     /// so start-up never holds a second copy of all of them.
