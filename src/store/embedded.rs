@@ -95,9 +95,9 @@ impl EmbeddedStore {
 fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Every commit rewrites one `accounts` page per account it touches, and a typical state
-    // is under 1 KB: 2 KiB pages halve the bytes copied, checksummed and written per touched
-    // account against the default 4 KiB. Takes effect when the database is created; an
+    // A state moving from the log into `accounts` rewrites its page, and a typical state is
+    // under 1 KB: 2 KiB pages halve the bytes copied, checksummed and written per account
+    // moved against the default 4 KiB. Takes effect when the database is created; an
     // existing one keeps its own.
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
