@@ -41,6 +41,8 @@ pub struct Checkpoint {
     pub states: Vec<(String, Vec<u8>)>,
     /// Log rows below this seq hold nothing still needed.
     pub keep_from: u64,
+    /// Whether any stored row is below `keep_from`.
+    pub drops_rows: bool,
     /// How many entries of `order` this checkpoint consumes (live and stale).
     consumed: usize,
 }
@@ -121,6 +123,7 @@ impl AccountLog {
             // Everything logged so far moves: no older row is needed.
             plan.keep_from = self.next_seq;
         }
+        plan.drops_rows = self.rows.front().is_some_and(|r| r.0 < plan.keep_from);
         plan
     }
 
@@ -155,7 +158,7 @@ mod tests {
         let mut log = AccountLog::new(100);
         log.append(1, 40, states(&["a", "b"], 1));
         let plan = log.plan(40);
-        assert_eq!((ids(&plan), plan.keep_from), (vec![], 1));
+        assert_eq!((ids(&plan), plan.keep_from, plan.drops_rows), (vec![], 1, false));
         assert_eq!(log.state("a"), Some(&[1u8; 10][..]));
     }
 
@@ -193,6 +196,7 @@ mod tests {
         for seq in 1..=100 {
             let plan = log.plan(20);
             assert!(plan.states.is_empty(), "only replaced states are behind the newest row");
+            assert_eq!(plan.drops_rows, seq > 2, "yet the rows holding them go");
             log.checkpointed(plan);
             log.append(seq, 20, states(&["hot"], seq as u8));
         }
