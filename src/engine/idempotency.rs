@@ -23,7 +23,8 @@ pub struct IdemEntry {
 ///
 /// Kept in its stored form (the outcome postcard-encoded): millions are kept for a day and
 /// nearly all are never asked for again. Encoded once, it is one small block in memory
-/// (against five for the outcome itself) and the very bytes the journal writes.
+/// (the outcome's ids and allocations took a block each) and the very bytes the journal
+/// writes.
 #[derive(Debug)]
 pub struct Answered {
     encoded: Box<[u8]>,
