@@ -1,10 +1,12 @@
 //! Start-up: the engine's accounts rebuilt from the store. Each stored state is decoded and
-//! put in its cell as the store reads it, so memory never holds every account twice.
+//! put in its cell as the store reads it, so memory never holds every account twice; with
+//! more than one core, helper threads decode while the store reads on.
 
 use super::cell::AccountCell;
 use crate::domain::Now;
 use crate::store::{decode_account, Recovered, Store, StoreError};
 use dashmap::DashMap;
+use std::sync::mpsc;
 use std::sync::Arc;
 
 /// What the engine starts from.
@@ -19,22 +21,179 @@ impl Restored {
     /// Reads the accounts, the request ids answered since `idem_since_ms` and the prices.
     /// `now` places the deadlines of live holds on this process's monotonic clock.
     pub fn from_store(store: &mut dyn Store, idem_since_ms: u64, now: Now) -> Result<Restored, StoreError> {
-        let accounts = DashMap::with_capacity(store.account_count()?);
-        let with_holds = DashMap::new();
-        store.each_account(&mut |state| {
-            let mut account = decode_account(state)?;
-            account.restore_deadlines(now);
-            if !account.holds.is_empty() {
-                with_holds.insert(account.id.clone(), ());
-            }
-            accounts.insert(account.id.clone(), Arc::new(AccountCell::new(account)));
-            Ok(())
-        })?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_helpers(store, idem_since_ms, now, cores.min(4) - 1)
+    }
+
+    fn with_helpers(
+        store: &mut dyn Store,
+        idem_since_ms: u64,
+        now: Now,
+        helpers: usize,
+    ) -> Result<Restored, StoreError> {
+        let table = Table { accounts: DashMap::with_capacity(store.account_count()?), with_holds: DashMap::new(), now };
+        if helpers == 0 {
+            store.each_account(&mut |state| table.restore(state))?;
+        } else {
+            table.restore_in_parallel(store, helpers)?;
+        }
         let recovered = store.recover(idem_since_ms)?;
-        Ok(Restored { accounts, with_holds, recovered })
+        Ok(Restored { accounts: table.accounts, with_holds: table.with_holds, recovered })
     }
 
     pub fn account_count(&self) -> usize {
         self.accounts.len()
+    }
+}
+
+struct Table {
+    accounts: DashMap<String, Arc<AccountCell>>,
+    with_holds: DashMap<String, ()>,
+    now: Now,
+}
+
+/// Stored states copied out of the store's rows, back to back, for a helper to decode.
+#[derive(Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// Big enough that handing a chunk over costs nothing next to decoding it.
+const CHUNK_BYTES: usize = 256 << 10;
+
+impl Table {
+    fn restore(&self, state: &[u8]) -> Result<(), StoreError> {
+        let mut account = decode_account(state)?;
+        account.restore_deadlines(self.now);
+        if !account.holds.is_empty() {
+            self.with_holds.insert(account.id.clone(), ());
+        }
+        self.accounts.insert(account.id.clone(), Arc::new(AccountCell::new(account)));
+        Ok(())
+    }
+
+    fn restore_chunk(&self, chunk: &Chunk) -> Result<(), StoreError> {
+        let mut start = 0;
+        for &end in &chunk.ends {
+            self.restore(&chunk.bytes[start..end])?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// The store reads on this thread; chunks of states go round-robin to this thread and
+    /// to `helpers` threads, each decoding into the shared map.
+    fn restore_in_parallel(&self, store: &mut dyn Store, helpers: usize) -> Result<(), StoreError> {
+        std::thread::scope(|scope| {
+            let mut lanes = Vec::with_capacity(helpers);
+            for _ in 0..helpers {
+                let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
+                let helper = scope.spawn(move || -> Result<(), StoreError> {
+                    // Keeps receiving after an error, so the reader never blocks on a full lane.
+                    let mut result = Ok(());
+                    for chunk in rx {
+                        if result.is_ok() {
+                            result = self.restore_chunk(&chunk);
+                        }
+                    }
+                    result
+                });
+                lanes.push((tx, helper));
+            }
+            let mut chunk = Chunk::default();
+            let mut turn = 0;
+            let read = store.each_account(&mut |state| {
+                chunk.bytes.extend_from_slice(state);
+                chunk.ends.push(chunk.bytes.len());
+                if chunk.bytes.len() >= CHUNK_BYTES {
+                    let full = std::mem::take(&mut chunk);
+                    turn = (turn + 1) % (helpers + 1);
+                    match lanes.get(turn) {
+                        // A lane closes only when its helper is gone; its join reports why.
+                        Some((tx, _)) => drop(tx.send(full)),
+                        None => self.restore_chunk(&full)?,
+                    }
+                }
+                Ok(())
+            });
+            let rest = read.and_then(|()| self.restore_chunk(&chunk));
+            lanes
+                .into_iter()
+                .map(|(tx, helper)| {
+                    drop(tx);
+                    helper
+                        .join()
+                        .unwrap_or_else(|_| Err(StoreError::Failed("a start-up helper thread panicked".into())))
+                })
+                .fold(rest, Result::and)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::account::Account;
+    use crate::domain::hold::Hold;
+    use crate::domain::price::PriceEntry;
+    use crate::store::embedded::{EmbeddedStore, Synchronous};
+    use crate::store::{encode_account, Batch};
+
+    /// Accounts large enough that they fill several chunks; every tenth has a hold.
+    fn store_with_accounts(n: usize) -> (tempfile::TempDir, EmbeddedStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        let now = chrono::Utc::now();
+        let accounts = (0..n)
+            .map(|i| {
+                let mut a = Account::blank(&format!("acct-{i:05}"), now);
+                a.display_name = "x".repeat(4000);
+                if i % 10 == 0 {
+                    let hold = Hold {
+                        id: format!("rs_{i}"),
+                        request_id: format!("req-{i}"),
+                        user_id: None,
+                        workspace_id: None,
+                        price: Arc::new(PriceEntry {
+                            action: "chat".into(),
+                            category: String::new(),
+                            unit_name: "request".into(),
+                            unit_size: 1,
+                            credits_per_unit: 1.into(),
+                            meter: None,
+                        }),
+                        price_version: 1,
+                        quantity: 1,
+                        credits: 1.into(),
+                        allocations: Vec::new(),
+                        overdraft: 0.into(),
+                        meter: None,
+                        created_at: now,
+                        expires_at: now + chrono::Duration::seconds(60),
+                        deadline_ms: 0,
+                        metadata: Default::default(),
+                    };
+                    a.holds.insert(hold.id.clone(), hold);
+                }
+                (a.id.clone(), encode_account(&a))
+            })
+            .collect();
+        store.write(&Batch { accounts, ..Batch::default() }).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn helpers_restore_exactly_what_one_thread_does() {
+        let (_dir, mut store) = store_with_accounts(500);
+        let now = Now { wall: chrono::Utc::now(), mono_ms: 1_000 };
+        let alone = Restored::with_helpers(&mut store, 0, now, 0).unwrap();
+        let helped = Restored::with_helpers(&mut store, 0, now, 2).unwrap();
+        assert_eq!((alone.account_count(), helped.account_count()), (500, 500));
+        assert_eq!((alone.with_holds.len(), helped.with_holds.len()), (50, 50));
+        for entry in alone.accounts.iter() {
+            let other = helped.accounts.get(entry.key()).expect("restored by the helpers too");
+            assert_eq!(entry.value().lock().account, other.lock().account);
+        }
     }
 }
