@@ -83,7 +83,8 @@ impl Table {
     }
 
     /// The store reads on this thread; chunks of states go round-robin to this thread and
-    /// to `helpers` threads, each decoding into the shared map.
+    /// to `helpers` threads, each decoding into the shared map. The store hands each account
+    /// over once, so the order in which threads insert does not matter.
     fn restore_in_parallel(&self, store: &mut dyn Store, helpers: usize) -> Result<(), StoreError> {
         std::thread::scope(|scope| {
             let mut lanes = Vec::with_capacity(helpers);

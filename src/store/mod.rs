@@ -93,8 +93,8 @@ pub trait Store: Send + 'static {
     /// About how many accounts are stored (never fewer), to size the engine's map before
     /// they stream in.
     fn account_count(&mut self) -> Result<usize, StoreError>;
-    /// Hands every stored account state (`encode_account` bytes) to `each` as it is read,
-    /// so start-up never holds a second copy of all of them.
+    /// Hands every stored account's newest state (`encode_account` bytes) to `each` as it
+    /// is read, each account once, so start-up never holds a second copy of all of them.
     fn each_account(&mut self, each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>) -> Result<(), StoreError>;
     /// Loads the request ids answered since `idem_since_ms`, and the prices.
     fn recover(&mut self, idem_since_ms: u64) -> Result<Recovered, StoreError>;
