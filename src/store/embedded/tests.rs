@@ -1,0 +1,165 @@
+//! Behaviour of the embedded store against a real SQLite database in a temporary directory.
+
+use super::*;
+
+fn answered(id: &str, created_ms: u64) -> IdemRow {
+    IdemRow { request_id: id.into(), account_id: "a".into(), fingerprint: 7, outcome: vec![1, 2], created_ms }
+}
+
+#[test]
+fn every_stored_account_state_is_handed_over_once() {
+    use crate::store::encode_account;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    let account = |id: &str, name: &str| {
+        let mut a = Account::blank(id, chrono::Utc::now());
+        a.display_name = name.into();
+        (id.to_string(), encode_account(&a))
+    };
+    store.write(&Batch { accounts: vec![account("a", "first"), account("b", "b")], ..Batch::default() }).unwrap();
+    store.write(&Batch { accounts: vec![account("a", "second")], ..Batch::default() }).unwrap();
+
+    assert_eq!(store.account_count().unwrap(), 2);
+    let mut seen = Vec::new();
+    store
+        .each_account(&mut |state| {
+            seen.push(decode_account(state)?);
+            Ok(())
+        })
+        .unwrap();
+    seen.sort_by(|x, y| x.id.cmp(&y.id));
+    let names: Vec<(&str, &str)> = seen.iter().map(|a| (a.id.as_str(), a.display_name.as_str())).collect();
+    assert_eq!(names, [("a", "second"), ("b", "b")], "the latest state of each account");
+
+    let failed = store.each_account(&mut |_| Err(StoreError::Failed("stop".into())));
+    assert!(matches!(failed, Err(StoreError::Failed(m)) if m == "stop"), "the callback's error ends the scan");
+}
+
+#[test]
+fn states_move_from_the_log_to_the_table_and_read_back_the_same() {
+    use crate::store::encode_account;
+    let dir = tempfile::tempdir().unwrap();
+    let state = |id: &str, version: u32| {
+        let mut a = Account::blank(id, chrono::Utc::now());
+        a.display_name = format!("v{version}");
+        (id.to_string(), encode_account(&a))
+    };
+    let names = |store: &mut EmbeddedStore| {
+        let mut seen = Vec::new();
+        store
+            .each_account(&mut |s| {
+                let a = decode_account(s)?;
+                seen.push((a.id, a.display_name));
+                Ok(())
+            })
+            .unwrap();
+        seen.sort();
+        seen
+    };
+    let count = |store: &EmbeddedStore, table: &str| {
+        store.conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0)).unwrap()
+    };
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    store.log.budget = 2 * state("a", 0).1.len(); // about two states
+    for version in 1..=3 {
+        store.write(&Batch { accounts: vec![state("a", version), state("b", version)], ..Batch::default() }).unwrap();
+    }
+    store.write(&Batch { accounts: vec![state("a", 4)], ..Batch::default() }).unwrap();
+    let want = [("a".to_string(), "v4".to_string()), ("b".to_string(), "v3".to_string())];
+    assert_eq!(names(&mut store), want);
+    assert_eq!(store.load_account("a").unwrap().unwrap().display_name, "v4", "the log's newest");
+    assert_eq!(store.load_account("b").unwrap().unwrap().display_name, "v3");
+    assert!(count(&store, "accounts") == 2, "older states moved to the table");
+    assert!(count(&store, "account_log") < 4, "and their log rows went");
+
+    drop(store);
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    assert_eq!(names(&mut store), want, "read back after a reopen: the log over the table");
+    assert_eq!(store.account_count().unwrap(), 2 + store.log.len());
+
+    // One account alone: its states replace each other and never move, yet the log stays short.
+    store.log.budget = 3 * state("a", 0).1.len();
+    for version in 5..=50 {
+        store.write(&Batch { accounts: vec![state("a", version)], ..Batch::default() }).unwrap();
+    }
+    assert!(count(&store, "account_log") <= 4, "{} log rows", count(&store, "account_log"));
+    assert_eq!(store.load_account("a").unwrap().unwrap().display_name, "v50");
+}
+
+#[test]
+fn prune_forgets_only_answers_past_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    for i in 1..=5 {
+        store.write(&Batch { idempotency: vec![answered(&format!("r{i}"), i * 100)], ..Batch::default() }).unwrap();
+    }
+    assert_eq!(store.prune_requests(50).unwrap(), 0);
+    assert_eq!(store.prune_requests(350).unwrap(), 3, "one commit's row each");
+    let recovered = store.recover(0).unwrap();
+    assert_eq!(recovered.idempotency.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["r4", "r5"]);
+    assert!(!recovered.answers_archived);
+}
+
+#[test]
+fn archived_answers_are_found_by_key_until_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    store.archive_answers(&[answered("b", 100), answered("a", 200)]).unwrap();
+    let reader = EmbeddedStore::reader(dir.path()).unwrap();
+    use crate::store::RequestLookup;
+    assert_eq!(reader.find_request("a").unwrap().unwrap().created_ms, 200);
+    assert!(store.recover(0).unwrap().answers_archived);
+    store.prune_requests(150).unwrap();
+    assert!(reader.find_request("b").unwrap().is_none());
+    assert!(reader.find_request("a").unwrap().is_some());
+}
+
+#[test]
+fn the_journal_reads_back_in_commit_order_and_new_ids_start_above_it() {
+    use crate::domain::ids::IdGenerator;
+    use crate::domain::ledger::{EntryKind, LedgerEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let ids = IdGenerator::default();
+    let entry = |ms| LedgerEntry::new(ids.next_string("le_", ms), "a", EntryKind::Deduct, chrono::Utc::now());
+    let early = entry(1_000);
+    let late = entry(2_000);
+    let high = id_number(&late.id).unwrap();
+    {
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        // A later id can be written in an earlier commit (accounts queue independently).
+        store.write(&Batch { entries: vec![late.clone()], ..Batch::default() }).unwrap();
+        store.write(&Batch { entries: vec![early.clone()], ..Batch::default() }).unwrap();
+    }
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    assert_eq!(store.recover(0).unwrap().id_floor, high);
+    let chunks = store.read_journal(0, 10).unwrap();
+    let read: Vec<&LedgerEntry> = chunks.iter().flat_map(|c| &c.entries).collect();
+    assert_eq!(read, [&late, &early]);
+    assert_eq!(store.read_journal(chunks[0].seq, 10).unwrap()[0].entries, [early]);
+}
+
+#[test]
+fn new_stores_use_small_pages_and_older_ones_keep_theirs() {
+    let page_size = |store: &EmbeddedStore| store.conn.pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0));
+    let fresh = tempfile::tempdir().unwrap();
+    assert_eq!(page_size(&EmbeddedStore::open(fresh.path(), Synchronous::Normal).unwrap()).unwrap(), PAGE_SIZE);
+
+    let older = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(EmbeddedStore::path(older.path())).unwrap();
+        conn.pragma_update(None, "page_size", 4096).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        migrate(&conn).unwrap();
+    }
+    let mut store = EmbeddedStore::open(older.path(), Synchronous::Normal).unwrap();
+    assert_eq!(page_size(&store).unwrap(), 4096);
+    store.archive_answers(&[answered("a", 100)]).unwrap();
+    assert!(store.recover(0).unwrap().answers_archived);
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    assert!(matches!(EmbeddedStore::open(dir.path(), Synchronous::Normal), Err(StoreError::Locked(_))));
+}
