@@ -4,8 +4,8 @@
 //! - heap bytes per cached account (typical and bare), exactly as the engine keeps them
 //!   (`Arc<AccountCell>` in a `DashMap<String, _>`), counted by a global allocator wrapper;
 //! - heap bytes per entry of the idempotency table;
-//! - the start-up time (open, then accounts decoded into their cells as they are read) with many accounts on disk,
-//!   and the size of the data directory.
+//! - the start-up time (open, then accounts decoded into their cells as they are read) with
+//!   many accounts on disk, and the size of the data directory.
 //!
 //! `FOOTPRINT_ACCOUNTS` sets how many accounts go on disk (default 1,000,000). Run by
 //! `cargo test --benches` (no `--bench` argument) it uses small numbers so the suite stays fast.

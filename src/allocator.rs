@@ -10,8 +10,8 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// A request allocates on the runtime thread and the journal writer frees much of it on its
 /// own. Pages empty out, and by default mimalloc returns them to the kernel a second later,
 /// so later requests fault them back in, zeroed: a fifth of the server's time under load
-/// went to that (perf: `clear_page_erms`), and keeping the pages gives about 11% more
-/// deductions per second over 100k accounts. What it costs: the heap never shrinks below its
+/// went to that (perf: `clear_page_erms`), and keeping the pages gives 7% (one account) to
+/// 18% (spread over 100k accounts) more deductions per second. What it costs: the heap never shrinks below its
 /// high-water mark, which for this server is its steady state (accounts, answers kept for a
 /// day) plus what one busy second of requests allocates.
 ///

@@ -34,11 +34,10 @@ struct Logged {
     state: Vec<u8>,
 }
 
-/// States to move into the table in one commit, and the log rows that may go with them.
+/// States to move into the table in one commit (`AccountLog::moving`), and the log rows
+/// that may go with them.
 #[derive(Debug, Default, PartialEq)]
 pub struct Checkpoint {
-    /// (account id, state) for the table, oldest first.
-    pub states: Vec<(String, Vec<u8>)>,
     /// Log rows below this seq hold nothing still needed.
     pub keep_from: u64,
     /// Whether any stored row is below `keep_from`.
@@ -99,7 +98,7 @@ impl AccountLog {
         let mut bytes = self.bytes + incoming;
         let mut rows = self.rows.iter().peekable();
         while bytes > self.budget {
-            let Some((seq, id)) = self.order.get(plan.consumed) else {
+            let Some((seq, _)) = self.order.get(plan.consumed) else {
                 break;
             };
             // Rows entirely before this entry hold only states already moved or replaced.
@@ -115,9 +114,6 @@ impl AccountLog {
                 break;
             }
             plan.consumed += 1;
-            if let Some(l) = self.latest.get(id).filter(|l| l.seq == *seq) {
-                plan.states.push((id.clone(), l.state.clone()));
-            }
         }
         if plan.consumed == self.order.len() && bytes > self.budget {
             // Everything logged so far moves: no older row is needed.
@@ -125,6 +121,14 @@ impl AccountLog {
         }
         plan.drops_rows = self.rows.front().is_some_and(|r| r.0 < plan.keep_from);
         plan
+    }
+
+    /// The (account id, state) pairs `plan` moves into the table, oldest first: the entries
+    /// it consumes that no later commit replaced.
+    pub fn moving<'a>(&'a self, plan: &Checkpoint) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+        self.order.range(..plan.consumed).filter_map(|(seq, id)| {
+            self.latest.get(id).filter(|l| l.seq == *seq).map(|l| (id.as_str(), l.state.as_slice()))
+        })
     }
 
     /// Applies a committed `plan`.
@@ -149,8 +153,8 @@ mod tests {
         ids.iter().map(|id| (id.to_string(), vec![tag; 10])).collect()
     }
 
-    fn ids(plan: &Checkpoint) -> Vec<&str> {
-        plan.states.iter().map(|(id, _)| id.as_str()).collect()
+    fn ids<'a>(log: &'a AccountLog, plan: &Checkpoint) -> Vec<&'a str> {
+        log.moving(plan).map(|(id, _)| id).collect()
     }
 
     #[test]
@@ -158,7 +162,7 @@ mod tests {
         let mut log = AccountLog::new(100);
         log.append(1, 40, states(&["a", "b"], 1));
         let plan = log.plan(40);
-        assert_eq!((ids(&plan), plan.keep_from, plan.drops_rows), (vec![], 1, false));
+        assert_eq!((ids(&log, &plan), plan.keep_from, plan.drops_rows), (vec![], 1, false));
         assert_eq!(log.state("a"), Some(&[1u8; 10][..]));
     }
 
@@ -169,12 +173,12 @@ mod tests {
         log.append(2, 30, states(&["c"], 2));
         let seq = log.next_seq();
         let plan = log.plan(30);
-        assert_eq!(ids(&plan), ["a", "b"], "row 1 must go to fit 120 bytes into 100");
+        assert_eq!(ids(&log, &plan), ["a", "b"], "row 1 must go to fit 120 bytes into 100");
         assert_eq!(plan.keep_from, 2);
         log.checkpointed(plan);
         log.append(seq, 30, states(&["d"], 3));
         assert_eq!((log.state("a"), log.len()), (None, 2));
-        assert_eq!(log.plan(0).states, vec![], "60 bytes left");
+        assert_eq!(ids(&log, &log.plan(0)), Vec::<&str>::new(), "60 bytes left");
     }
 
     #[test]
@@ -183,7 +187,7 @@ mod tests {
         log.append(1, 40, states(&["hot", "a"], 1));
         log.append(2, 40, states(&["hot"], 2));
         let plan = log.plan(0);
-        assert_eq!(ids(&plan), ["a"], "row 1's `hot` was replaced by row 2's");
+        assert_eq!(ids(&log, &plan), ["a"], "row 1's `hot` was replaced by row 2's");
         assert_eq!(plan.keep_from, 2);
         log.checkpointed(plan);
         assert_eq!(log.state("hot"), Some(&[2u8; 10][..]));
@@ -195,7 +199,7 @@ mod tests {
         let mut log = AccountLog::new(50);
         for seq in 1..=100 {
             let plan = log.plan(20);
-            assert!(plan.states.is_empty(), "only replaced states are behind the newest row");
+            assert!(ids(&log, &plan).is_empty(), "only replaced states are behind the newest row");
             assert_eq!(plan.drops_rows, seq > 2, "yet the rows holding them go");
             log.checkpointed(plan);
             log.append(seq, 20, states(&["hot"], seq as u8));
@@ -209,7 +213,7 @@ mod tests {
         let mut log = AccountLog::new(10);
         log.append(1, 8, states(&["a"], 1));
         let plan = log.plan(50);
-        assert_eq!((ids(&plan), plan.keep_from), (vec!["a"], 2));
+        assert_eq!((ids(&log, &plan), plan.keep_from), (vec!["a"], 2));
         log.checkpointed(plan);
         assert_eq!(log.len(), 0);
         assert_eq!(log.bytes, 0);

@@ -154,12 +154,13 @@ impl Store for EmbeddedStore {
                     .execute(params![log_seq as i64, self.buf])?;
             }
             let checkpoint = self.log.plan(logged);
-            if !checkpoint.states.is_empty() {
+            let mut moving = self.log.moving(&checkpoint).peekable();
+            if moving.peek().is_some() {
                 let mut put_account = tx.prepare_cached(
                     "INSERT INTO accounts (id, state, updated_ms) VALUES (?1, ?2, ?3)
                      ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
                 )?;
-                for (id, state) in &checkpoint.states {
+                for (id, state) in moving {
                     put_account.execute(params![id, state, now_ms])?;
                 }
             }
