@@ -216,8 +216,8 @@ fn memory(n: usize) {
     };
     let sample = cache.get(&account_id(0)).unwrap().value().clone();
     {
-        let slot = sample.lock();
-        let a = &slot.account;
+        let mut slot = sample.lock();
+        let a = &*slot.account();
         println!(
             "memory: typical breakdown (heap bytes): map table {map_slot:.0}/account + key {}, Arc<AccountCell> block {} (inline Account {}), cell.id {}, id+display_name {}, plan {}, grants {} as cloned ({} x inline Grant {}; the live Vec has capacity {}), holds {} ({} x inline Hold {} in a sorted vector), limits {}, usage {}, resolved_holds {}",
             a.id.len(),
@@ -242,6 +242,19 @@ fn memory(n: usize) {
         println!("memory: typical account state: {} bytes stored (postcard), {} as JSON", stored.len(), json.len());
     }
     drop(sample);
+
+    // The same accounts once idle: kept compact until next used (`engine::cell`).
+    let before = heap();
+    for cell in cache.iter() {
+        cell.value().lock().compact();
+    }
+    let (saved, blocks_saved, _) = before.per(heap(), n);
+    let after = bytes - saved;
+    println!(
+        "memory: typical account kept compact: {after:.0} bytes/account ({:.1} heap blocks/account), {:.1}x less than decoded",
+        blocks - blocks_saved,
+        bytes / after
+    );
     drop(cache);
 
     let before = heap();

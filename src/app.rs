@@ -179,6 +179,18 @@ fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<En
             }
         }
     });
+    if config.sweep.compact_interval_ms > 0 {
+        let e = engine.clone();
+        every_tick(tasks, stop, every(config.sweep.compact_interval_ms), move || {
+            let e = e.clone();
+            async move {
+                let n = tokio::task::spawn_blocking(move || e.compact_idle()).await.unwrap_or(0);
+                if n > 0 {
+                    tracing::debug!(accounts = n, "compacted idle accounts");
+                }
+            }
+        });
+    }
     // Answers past retention or over the memory bound: this sweep moves its heavy part off
     // the request threads itself, and awaits the store's archive before evicting.
     let e = engine.clone();

@@ -117,11 +117,14 @@ pub struct Account {
     /// bounded: after a restart, or for a hold long gone, a late Commit is told the
     /// reservation does not exist (still FAILED_PRECONDITION).
     #[serde(skip)]
-    pub resolved_holds: VecDeque<(String, HoldEnd, DateTime<Utc>)>,
+    pub resolved_holds: VecDeque<ResolvedHold>,
     /// Start of the cycle whose plan grant was issued, so it is issued once per cycle.
     #[serde(with = "crate::domain::time::compact_opt")]
     pub plan_issued_for: Option<DateTime<Utc>>,
 }
+
+/// A hold that ended: its id, how, and when.
+pub type ResolvedHold = (String, HoldEnd, DateTime<Utc>);
 
 pub const DEFAULT_PRECISION: u32 = 6;
 

@@ -124,7 +124,7 @@ impl Engine {
                 if !slot.gone {
                     if let Some(k) = &key {
                         if self.seen(k, fingerprint)?.is_some() {
-                            return Ok(slot.account.clone());
+                            return Ok(slot.account().clone());
                         }
                     }
                     return Err(Error::AlreadyExists(format!(
@@ -133,7 +133,7 @@ impl Engine {
                     )));
                 }
                 slot.gone = false;
-                slot.account = blank.clone();
+                slot.replace(blank.clone());
                 drop(slot);
                 existing
             }
@@ -141,14 +141,14 @@ impl Engine {
         let (durable, account) = {
             let mut slot = cell.lock();
             let (account, entries) = blank.open(now, &self.ids);
-            slot.account = account;
+            slot.replace(account);
             let audit = self.audit(
                 &caller.actor,
                 "CreateAccount",
                 &spec.account_id,
                 caller.request_id.as_deref(),
                 "null".into(),
-                settings_json(&slot.account),
+                settings_json(slot.account()),
             );
             let answer = key.map(|k| (k, fingerprint, Outcome::AccountChanged));
             let durable = self.record(
@@ -156,7 +156,7 @@ impl Engine {
                 &mut slot,
                 Change { entries, audit: Some(audit), answer, wait: true, ..Change::default() },
             );
-            (durable, slot.account.clone())
+            (durable, slot.account().clone())
         };
         Ok(settle(durable, Answer { outcome: account, replayed: false }).await?.outcome)
     }
@@ -254,29 +254,29 @@ impl Engine {
                 return Err(not_found(account_id));
             }
             let now = self.clock.now();
-            let mut entries = slot.account.advance(now, &self.ids);
-            let before = settings_json(&slot.account);
-            let mut draft = slot.account.clone();
+            let mut entries = slot.account().advance(now, &self.ids);
+            let before = settings_json(slot.account());
+            let mut draft = slot.account().clone();
             let result = change(&mut draft, self, now, &mut entries);
             if let Err(e) = result {
                 self.record(&cell, &mut slot, Change::maintenance(entries));
                 return Err(e);
             }
-            slot.account = draft;
+            slot.replace(draft);
             let audit = self.audit(
                 &caller.actor,
                 operation,
                 account_id,
                 caller.request_id.as_deref(),
                 before,
-                settings_json(&slot.account),
+                settings_json(slot.account()),
             );
             let durable = self.record(
                 &cell,
                 &mut slot,
                 Change { entries, audit: Some(audit), state_changed: true, wait: true, ..Change::default() },
             );
-            (durable, slot.account.clone())
+            (durable, slot.account().clone())
         };
         Ok(settle(durable, Answer { outcome: account, replayed: false }).await?.outcome)
     }
@@ -308,7 +308,7 @@ impl Engine {
                     return Err(Error::invalid("expires_at", "must be later than now and than effective_at"));
                 }
             }
-            let mut entries = slot.account.advance(now, &self.ids);
+            let mut entries = slot.account().advance(now, &self.ids);
             let mut grant =
                 Grant::new(self.ids.next_string("gr_", now.wall_ms()), spec.kind, spec.amount, effective_at, now.wall);
             grant.priority = spec.priority.unwrap_or(spec.kind.default_priority());
@@ -317,7 +317,7 @@ impl Engine {
             grant.money_paid = spec.money_paid.clone();
             grant.created_by = caller.actor.clone();
             let shown = grant.clone();
-            let mut new = slot.account.add_grant(grant, now, &self.ids);
+            let mut new = slot.account().add_grant(grant, now, &self.ids);
             let entry = &mut new[0];
             entry.request_id = Some(request_id.to_string());
             if !spec.comment.is_empty() {
@@ -331,7 +331,7 @@ impl Engine {
             }
             let outcome = GrantOutcome {
                 grant: shown,
-                balance: slot.account.balance(now.wall),
+                balance: slot.account().balance(now.wall),
                 ledger_entry_id: entry.id.clone(),
             };
             entries.append(&mut new);
@@ -378,13 +378,13 @@ impl Engine {
                 };
             }
             let now = self.clock.now();
-            let mut entries = slot.account.advance(now, &self.ids);
-            let before = slot.account.grants.iter().find(|g| g.id == grant_id).cloned();
+            let mut entries = slot.account().advance(now, &self.ids);
+            let before = slot.account().grants.iter().find(|g| g.id == grant_id).cloned();
             let Some(before) = before else {
                 self.record(&cell, &mut slot, Change::maintenance(entries));
                 return Err(Error::NotFound(format!("account {account_id} has no grant {grant_id} with credits left")));
             };
-            let Some((revoked, mut new)) = slot.account.revoke_grant(grant_id, now, &self.ids) else {
+            let Some((revoked, mut new)) = slot.account().revoke_grant(grant_id, now, &self.ids) else {
                 self.record(&cell, &mut slot, Change::maintenance(entries));
                 return Err(Error::FailedPrecondition(format!("grant {grant_id} is already revoked")));
             };
@@ -409,7 +409,7 @@ impl Engine {
             let outcome = RevokeOutcome {
                 grant: after,
                 credits_revoked: revoked,
-                balance: slot.account.balance(now.wall),
+                balance: slot.account().balance(now.wall),
                 ledger_entry_id,
             };
             let answer = Some((key, fingerprint, Outcome::Revoke(outcome.clone())));

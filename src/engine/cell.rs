@@ -4,12 +4,19 @@
 //! `.await`. Changes queue in `pending` in the order they were made; the journal writer
 //! takes them together with a snapshot of the state they produced, so the store always
 //! receives a state and exactly the records that led to it.
+//!
+//! Most organizations are idle at any moment, so an account left unused for a while is
+//! kept compact: its stored form, LZ4-compressed, with what only memory knows beside it.
+//! That is about a sixth of the decoded account; the next use decodes it again, once.
 
 use super::idempotency::Answered;
-use crate::domain::account::Account;
+use crate::domain::account::{Account, ResolvedHold};
 use crate::domain::audit::AuditRecord;
 use crate::domain::ledger::LedgerEntry;
-use crate::store::{IdemRow, StoreError};
+use crate::store::{decode_account, encode_account, IdemRow, StoreError};
+use chrono::{DateTime, Utc};
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
@@ -40,12 +47,130 @@ impl PendingAnswer {
 }
 
 pub struct Slot {
-    pub account: Account,
+    state: State,
     pub pending: Vec<Pending>,
     /// Queued for the journal writer already.
     pub queued: bool,
     /// The account's creation never became durable: treat it as absent.
     pub gone: bool,
+    /// Used since the last [`Slot::compact_if_idle`].
+    used: bool,
+}
+
+enum State {
+    /// Boxed, so a compact account's cell does not keep room for a decoded one.
+    Live(Box<Account>),
+    Compact(Compact),
+}
+
+/// An account at rest. Everything a decoded account holds, and what the sweeps need to know
+/// without decoding it.
+struct Compact {
+    /// `encode_account` of the state, LZ4-compressed behind its length.
+    stored: Box<[u8]>,
+    /// The holds' deadlines on the monotonic clock, in hold order: the stored form has
+    /// their wall-clock expiry only, and a hold must keep the deadline it was given.
+    deadlines: Box<[u64]>,
+    /// Recently resolved holds (memory only), when there are any. Boxed: every compact
+    /// cell pays 8 bytes for it rather than 32.
+    #[allow(clippy::box_collection)]
+    resolved: Option<Box<VecDeque<ResolvedHold>>>,
+    cycle_end: DateTime<Utc>,
+}
+
+impl Compact {
+    /// `stored` is `encode_account(account)`, passed in when the caller has it already.
+    fn new(stored: &[u8], account: &mut Account) -> Compact {
+        let resolved = std::mem::take(&mut account.resolved_holds);
+        Compact {
+            stored: compress(stored),
+            deadlines: account.holds.iter().map(|(_, h)| h.deadline_ms).collect(),
+            resolved: (!resolved.is_empty()).then(|| Box::new(resolved)),
+            cycle_end: account.cycle.end,
+        }
+    }
+
+    fn expand(&self) -> Account {
+        let mut account = decode_account(&self.stored_state())
+            .unwrap_or_else(|e| panic!("a compacted account decodes, since this process encoded it: {e}"));
+        for ((_, hold), &deadline) in account.holds.iter_mut().zip(self.deadlines.iter()) {
+            hold.deadline_ms = deadline;
+        }
+        if let Some(resolved) = &self.resolved {
+            account.resolved_holds = (**resolved).clone();
+        }
+        account
+    }
+
+    fn stored_state(&self) -> Vec<u8> {
+        lz4_flex::block::decompress_size_prepended(&self.stored)
+            .unwrap_or_else(|e| panic!("a compacted account decompresses, since this process compressed it: {e}"))
+    }
+}
+
+impl Slot {
+    /// The account, decoded first if it was compact. Counts as a use.
+    pub fn account(&mut self) -> &mut Account {
+        self.used = true;
+        if let State::Compact(compact) = &self.state {
+            self.state = State::Live(Box::new(compact.expand()));
+        }
+        match &mut self.state {
+            State::Live(account) => account,
+            State::Compact(_) => unreachable!("expanded just above"),
+        }
+    }
+
+    /// Replaces the account's state (creation, reload after a failed write).
+    pub fn replace(&mut self, account: Account) {
+        self.used = true;
+        self.state = State::Live(Box::new(account));
+    }
+
+    /// The state as the store keeps it (`encode_account`), without decoding a compact one.
+    pub fn stored_state(&self) -> Vec<u8> {
+        match &self.state {
+            State::Live(account) => encode_account(account),
+            State::Compact(compact) => compact.stored_state(),
+        }
+    }
+
+    /// End of the account's current cycle, without decoding a compact account.
+    pub fn cycle_end(&self) -> DateTime<Utc> {
+        match &self.state {
+            State::Live(account) => account.cycle.end,
+            State::Compact(compact) => compact.cycle_end,
+        }
+    }
+
+    /// The earliest deadline of a live hold, without decoding a compact account.
+    pub fn next_hold_deadline(&self) -> Option<u64> {
+        match &self.state {
+            State::Live(account) => account.holds.iter().map(|(_, h)| h.deadline_ms).min(),
+            State::Compact(compact) => compact.deadlines.iter().copied().min(),
+        }
+    }
+
+    pub fn is_compact(&self) -> bool {
+        matches!(self.state, State::Compact(_))
+    }
+
+    /// Compacts the account now, whatever its use.
+    pub fn compact(&mut self) {
+        if let State::Live(account) = &mut self.state {
+            let stored = encode_account(account);
+            self.state = State::Compact(Compact::new(&stored, account));
+        }
+    }
+
+    /// Compacts the account if it was not used since the last call; returns whether it did.
+    pub fn compact_if_idle(&mut self) -> bool {
+        let idle = !std::mem::take(&mut self.used) && !self.is_compact();
+        if idle {
+            self.compact();
+        }
+        idle
+    }
 }
 
 pub struct AccountCell {
@@ -55,9 +180,20 @@ pub struct AccountCell {
 
 impl AccountCell {
     pub fn new(account: Account) -> Self {
+        Self::with_state(account.id.clone(), State::Live(Box::new(account)))
+    }
+
+    /// A compact cell for an account read back from the store: `stored` is its stored form
+    /// and `account` that form decoded (its holds' deadlines placed on this process's clock).
+    pub fn restored(stored: &[u8], mut account: Account) -> Self {
+        let id = std::mem::take(&mut account.id);
+        Self::with_state(id, State::Compact(Compact::new(stored, &mut account)))
+    }
+
+    fn with_state(id: String, state: State) -> Self {
         AccountCell {
-            id: account.id.clone(),
-            slot: Mutex::new(Slot { account, pending: Vec::new(), queued: false, gone: false }),
+            id,
+            slot: Mutex::new(Slot { state, pending: Vec::new(), queued: false, gone: false, used: false }),
         }
     }
 
@@ -66,5 +202,74 @@ impl AccountCell {
         // began or mid-change; either way the store still holds the last durable state,
         // which the writer's failure path reloads. Recover the guard rather than poison all.
         self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+thread_local! {
+    /// Room for the worst case of one compression, reused so each compact state is
+    /// allocated once at its exact size.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// LZ4 block of `bytes` behind its length, as `lz4_flex`'s size-prepended form.
+fn compress(bytes: &[u8]) -> Box<[u8]> {
+    SCRATCH.with_borrow_mut(|out| {
+        out.clear();
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.resize(4 + lz4_flex::block::get_maximum_output_size(bytes.len()), 0);
+        let n = lz4_flex::block::compress_into(bytes, &mut out[4..]).expect("room for the worst case");
+        Box::from(&out[..4 + n])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::hold::HoldEnd;
+    use crate::domain::ids::IdGenerator;
+    use crate::domain::Now;
+
+    fn account() -> Account {
+        let now = Now { wall: chrono::DateTime::from_timestamp(1_750_000_000, 0).unwrap(), mono_ms: 5_000 };
+        let (mut a, _) = Account::blank("org-1", now.wall).open(now, &IdGenerator::default());
+        a.display_name = "An organization whose name repeats, repeats, repeats".into();
+        a.resolved_holds.push_back(("org-1/rs_1".into(), HoldEnd::Committed, now.wall));
+        a
+    }
+
+    #[test]
+    fn a_compacted_account_comes_back_whole_with_what_only_memory_knew() {
+        let original = account();
+        let cell = AccountCell::new(original.clone());
+        let mut slot = cell.lock();
+        slot.compact();
+        assert!(slot.is_compact());
+        assert_eq!(slot.stored_state(), encode_account(&original));
+        assert_eq!(slot.cycle_end(), original.cycle.end);
+        assert_eq!(*slot.account(), original);
+        assert_eq!(slot.account().resolved_holds, original.resolved_holds);
+        assert!(!slot.is_compact());
+    }
+
+    #[test]
+    fn only_an_account_unused_since_the_last_sweep_is_compacted() {
+        let cell = AccountCell::new(account());
+        let mut slot = cell.lock();
+        slot.account();
+        assert!(!slot.compact_if_idle(), "used since the last sweep");
+        assert!(slot.compact_if_idle(), "unused for a whole sweep");
+        assert!(!slot.compact_if_idle(), "compact already");
+        slot.stored_state();
+        slot.cycle_end();
+        assert!(slot.is_compact(), "reading what the sweeps and the writer need does not decode");
+    }
+
+    #[test]
+    fn compression_round_trips_and_sizes_exactly() {
+        let bytes: Vec<u8> = (0..2000u32).map(|i| (i % 7) as u8).collect();
+        let packed = compress(&bytes);
+        assert!(packed.len() < bytes.len() / 4);
+        assert_eq!(lz4_flex::block::decompress_size_prepended(&packed).unwrap(), bytes);
+        assert!(lz4_flex::block::decompress_size_prepended(&compress(&[])).unwrap().is_empty());
     }
 }

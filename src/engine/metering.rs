@@ -78,10 +78,10 @@ impl Engine {
         let now = self.clock.now();
         let price = book.lookup(&t.account_id, &t.action).cloned();
         // Validate the cost before anything moves: an overflowing quantity changes nothing.
-        let cost = price.as_ref().map(|p| p.cost(t.quantity, slot.account.precision)).transpose()?;
-        let mut entries = slot.account.advance(now, &self.ids);
+        let account = slot.account();
+        let cost = price.as_ref().map(|p| p.cost(t.quantity, account.precision)).transpose()?;
+        let mut entries = account.advance(now, &self.ids);
 
-        let account = &mut slot.account;
         let mut entry = self.spend_entry(account, t, req.request_id.as_deref(), price.as_deref(), book.version, now);
         let (denial, charged, allocations) = match (&price, cost) {
             (Some(p), Some(cost)) => {
@@ -140,15 +140,15 @@ impl Engine {
             }
             let now = self.clock.now();
             let price = book.lookup(&t.account_id, &t.action).cloned();
-            let cost = price.as_ref().map(|p| p.cost(t.quantity, slot.account.precision)).transpose()?;
-            if slot.account.holds.len() >= self.options.max_holds_per_account {
+            let account = slot.account();
+            let cost = price.as_ref().map(|p| p.cost(t.quantity, account.precision)).transpose()?;
+            if account.holds.len() >= self.options.max_holds_per_account {
                 return Err(Error::FailedPrecondition(format!(
                     "account {} has {} live reservations, the most allowed (limits.max_holds_per_account); commit or release some first",
                     t.account_id, self.options.max_holds_per_account
                 )));
             }
-            let mut entries = slot.account.advance(now, &self.ids);
-            let account = &mut slot.account;
+            let mut entries = account.advance(now, &self.ids);
             let mut entry = self.spend_entry(account, t, Some(&req.request_id), price.as_deref(), book.version, now);
             let outcome = match (&price, cost) {
                 (Some(p), Some(cost)) => {
@@ -319,9 +319,10 @@ impl Engine {
                 return Ok(replayed(&seen));
             }
             let now = self.clock.now();
-            let mut entries = slot.account.advance(now, &self.ids);
-            let result = op(self, &mut slot.account, now, &mut entries);
-            if slot.account.holds.is_empty() {
+            let account = slot.account();
+            let mut entries = account.advance(now, &self.ids);
+            let result = op(self, account, now, &mut entries);
+            if account.holds.is_empty() {
                 self.with_holds.remove(account_id);
             }
             match result {

@@ -200,17 +200,27 @@ impl Engine {
     }
 
     /// Expires due holds of accounts that have any. Called periodically; also happens lazily
-    /// whenever an account is touched.
+    /// whenever an account is touched. A compact account is decoded only when a hold is due.
     pub fn sweep_holds(&self) -> usize {
         let ids: Vec<String> = self.with_holds.iter().map(|e| e.key().clone()).collect();
         let mut expired = 0;
         for id in ids {
             let Some(cell) = self.cell(&id) else { continue };
             let mut slot = cell.lock();
-            let before = slot.account.holds.len();
-            let entries = slot.account.advance(self.clock.now(), &self.ids);
-            expired += before - slot.account.holds.len();
-            if slot.account.holds.is_empty() {
+            let now = self.clock.now();
+            match slot.next_hold_deadline() {
+                None => {
+                    self.with_holds.remove(&id);
+                    continue;
+                }
+                Some(deadline) if now.mono_ms < deadline => continue,
+                Some(_) => {}
+            }
+            let account = slot.account();
+            let before = account.holds.len();
+            let entries = account.advance(now, &self.ids);
+            expired += before - account.holds.len();
+            if account.holds.is_empty() {
                 self.with_holds.remove(&id);
             }
             self.record(&cell, &mut slot, Change::maintenance(entries));
@@ -219,21 +229,36 @@ impl Engine {
     }
 
     /// Rolls every account whose cycle ended into its new cycle (plan renewal, expiry of
-    /// unused plan credits). Also happens lazily when an account is touched.
+    /// unused plan credits). Also happens lazily when an account is touched. A compact
+    /// account is compacted again at once, so a month's turn never decodes every account.
     pub fn sweep_cycles(&self) -> usize {
-        let cells: Vec<Arc<AccountCell>> = self.accounts.iter().map(|e| e.value().clone()).collect();
         let now = self.clock.now();
         let mut rolled = 0;
-        for cell in cells {
+        for cell in self.all_cells() {
             let mut slot = cell.lock();
-            if slot.gone || now.wall < slot.account.cycle.end {
+            if slot.gone || now.wall < slot.cycle_end() {
                 continue;
             }
-            let entries = slot.account.advance(now, &self.ids);
+            let was_compact = slot.is_compact();
+            let entries = slot.account().advance(now, &self.ids);
             rolled += 1;
             self.record(&cell, &mut slot, Change::maintenance(entries));
+            if was_compact {
+                slot.compact();
+            }
         }
         rolled
+    }
+
+    /// Compacts the accounts not used since the last call (see `cell`). Called periodically,
+    /// so an account stays decoded while in use and is compacted one to two periods after.
+    pub fn compact_idle(&self) -> usize {
+        self.all_cells().iter().filter(|cell| cell.lock().compact_if_idle()).count()
+    }
+
+    /// Every account's cell, collected first so no map shard stays locked during the work.
+    fn all_cells(&self) -> Vec<Arc<AccountCell>> {
+        self.accounts.iter().map(|e| e.value().clone()).collect()
     }
 
     /// Forgets answered request ids past retention (memory and store).
@@ -309,8 +334,9 @@ impl Engine {
             return None;
         }
         let now = self.clock.now();
-        let entries = slot.account.advance(now, &self.ids);
-        let value = read(&slot.account, now);
+        let account = slot.account();
+        let entries = account.advance(now, &self.ids);
+        let value = read(account, now);
         self.record(&cell, &mut slot, Change::maintenance(entries));
         Some(value)
     }

@@ -69,7 +69,9 @@ impl Table {
         if !account.holds.is_empty() {
             self.with_holds.insert(account.id.clone(), ());
         }
-        self.accounts.insert(account.id.clone(), Arc::new(AccountCell::new(account)));
+        // Nothing is in use yet: every account starts compact, decoded on first use.
+        let cell = AccountCell::restored(state, account);
+        self.accounts.insert(cell.id.clone(), Arc::new(cell));
         Ok(())
     }
 
@@ -194,7 +196,13 @@ mod tests {
         assert_eq!((alone.with_holds.len(), helped.with_holds.len()), (50, 50));
         for entry in alone.accounts.iter() {
             let other = helped.accounts.get(entry.key()).expect("restored by the helpers too");
-            assert_eq!(entry.value().lock().account, other.lock().account);
+            let (mut mine, mut theirs) = (entry.value().lock(), other.lock());
+            assert!(mine.is_compact() && theirs.is_compact(), "nothing is in use at start-up");
+            assert_eq!(*mine.account(), *theirs.account());
+            for (_, hold) in mine.account().holds.iter() {
+                let left = hold.deadline_ms - now.mono_ms;
+                assert!(left > 50_000 && left <= 60_000, "deadline placed on this process's clock: {left} ms left");
+            }
         }
     }
 }

@@ -262,7 +262,7 @@ impl Writer {
                 // Under the lock: the state and exactly the changes that produced it.
                 let mut slot = cell.lock();
                 slot.queued = false;
-                let state = crate::store::encode_account(&slot.account);
+                let state = slot.stored_state();
                 // Taken, not drained: an idle account should not keep a burst's capacity.
                 let pending = std::mem::take(&mut slot.pending);
                 drop(slot);
@@ -340,13 +340,13 @@ impl Writer {
         match self.store.load_account(&cell.id) {
             Ok(Some(mut account)) => {
                 account.restore_deadlines(self.clock.now());
-                restore_deadlines_like(&slot.account, &mut account);
-                slot.account = account;
+                restore_deadlines_like(slot.account(), &mut account);
+                slot.replace(account);
             }
             Ok(None) => slot.gone = true,
             Err(e) => {
                 tracing::error!(account = %cell.id, error = %e, "cannot reload account after a failed write; it is suspended until restart");
-                slot.account.status = crate::domain::account::AccountStatus::Suspended;
+                slot.account().status = crate::domain::account::AccountStatus::Suspended;
             }
         }
         slot.queued = false;

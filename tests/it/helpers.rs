@@ -109,6 +109,20 @@ impl TestServer {
         }
     }
 
+    /// An account on a monthly plan of `credits`, anchored on the 1st; its first grant issued.
+    pub async fn account_on_plan(&self, id: &str, credits: &str) {
+        let plan = pb::Plan {
+            name: "monthly".into(),
+            credits_per_cycle: credits.into(),
+            cycle_anchor_day: 1,
+            ..Default::default()
+        };
+        self.admin()
+            .create_account(pb::CreateAccountRequest { account_id: id.into(), plan: Some(plan), ..Default::default() })
+            .await
+            .unwrap();
+    }
+
     pub async fn grant(&self, id: &str, kind: pb::GrantKind, amount: &str) -> pb::GrantCreditsResponse {
         self.admin()
             .grant_credits(pb::GrantCreditsRequest {

@@ -2,6 +2,7 @@
 //! generated gRPC clients. Each test has its own data directory, so tests run in parallel.
 
 mod admin;
+mod compaction;
 mod denials;
 mod durability;
 mod helpers;

@@ -2,7 +2,6 @@
 //! answers evicted from memory, and the periodic cycle sweep.
 
 use crate::helpers::*;
-use creditd::proto::v1 as pb;
 use std::process::Command;
 use std::time::Duration;
 
@@ -127,19 +126,7 @@ async fn answers_evicted_from_memory_are_found_in_the_store() {
 #[tokio::test]
 async fn the_cycle_sweep_renews_idle_accounts() {
     let s = TestServer::start_with(|c| c.sweep.cycles_interval_ms = 20).await;
-    s.admin()
-        .create_account(pb::CreateAccountRequest {
-            account_id: "idle".into(),
-            plan: Some(pb::Plan {
-                name: "free".into(),
-                credits_per_cycle: "10".into(),
-                cycle_anchor_day: 1,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    s.account_on_plan("idle", "10").await;
     s.advance(Duration::from_secs(9 * 24 * 3600));
     for _ in 0..300 {
         let renewed =
