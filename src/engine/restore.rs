@@ -1,6 +1,7 @@
-//! Start-up: the engine's accounts rebuilt from the store. Each stored state is decoded and
-//! put in its cell as the store reads it, so memory never holds every account twice; with
-//! more than one core, helper threads decode while the store reads on.
+//! Start-up: the engine's accounts rebuilt from the store. Each stored state is decoded once,
+//! to place its holds' deadlines and learn its cycle, and put in its cell compact (see
+//! `cell`) as the store reads it; with more than one core, helper threads decode while the
+//! store reads on.
 
 use super::cell::AccountCell;
 use crate::domain::Now;
