@@ -157,48 +157,48 @@ async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, config: C
 }
 
 fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<Engine>, config: &Config) {
-    let every = |ms: u64| Duration::from_millis(ms);
-    // Holds and cycles walk many accounts: keep them off the request threads.
-    let e = engine.clone();
-    every_tick(tasks, stop, every(config.sweep.holds_interval_ms), move || {
-        let e = e.clone();
-        async move {
-            let n = tokio::task::spawn_blocking(move || e.sweep_holds()).await.unwrap_or(0);
-            if n > 0 {
-                tracing::debug!(expired = n, "expired reservations");
-            }
-        }
+    let sweep = &config.sweep;
+    // These walk many accounts: keep them off the request threads.
+    account_sweep(tasks, stop, engine, sweep.holds_interval_ms, Engine::sweep_holds, |n| {
+        tracing::debug!(expired = n, "expired reservations")
     });
-    let e = engine.clone();
-    every_tick(tasks, stop, every(config.sweep.cycles_interval_ms), move || {
-        let e = e.clone();
-        async move {
-            let n = tokio::task::spawn_blocking(move || e.sweep_cycles()).await.unwrap_or(0);
-            if n > 0 {
-                tracing::info!(accounts = n, "rolled accounts into a new billing cycle");
-            }
-        }
+    account_sweep(tasks, stop, engine, sweep.cycles_interval_ms, Engine::sweep_cycles, |n| {
+        tracing::info!(accounts = n, "rolled accounts into a new billing cycle")
     });
-    if config.sweep.compact_interval_ms > 0 {
-        let e = engine.clone();
-        every_tick(tasks, stop, every(config.sweep.compact_interval_ms), move || {
-            let e = e.clone();
-            async move {
-                let n = tokio::task::spawn_blocking(move || e.compact_idle()).await.unwrap_or(0);
-                if n > 0 {
-                    tracing::debug!(accounts = n, "compacted idle accounts");
-                }
-            }
+    if sweep.compact_interval_ms > 0 {
+        account_sweep(tasks, stop, engine, sweep.compact_interval_ms, Engine::compact_idle, |n| {
+            tracing::debug!(accounts = n, "compacted idle accounts")
         });
     }
     // Answers past retention or over the memory bound: this sweep moves its heavy part off
     // the request threads itself, and awaits the store's archive before evicting.
     let e = engine.clone();
-    every_tick(tasks, stop, every(config.sweep.requests_interval_ms), move || {
+    every_tick(tasks, stop, Duration::from_millis(sweep.requests_interval_ms), move || {
         let e = e.clone();
         async move {
             e.sweep_requests().await;
             e.prune_stored_requests();
+        }
+    });
+}
+
+/// Runs `sweep` on a blocking thread every `period_ms`, and `report`s what it did, if anything.
+fn account_sweep(
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    engine: &Arc<Engine>,
+    period_ms: u64,
+    sweep: fn(&Engine) -> usize,
+    report: fn(usize),
+) {
+    let engine = engine.clone();
+    every_tick(tasks, stop, Duration::from_millis(period_ms), move || {
+        let e = engine.clone();
+        async move {
+            let n = tokio::task::spawn_blocking(move || sweep(&e)).await.unwrap_or(0);
+            if n > 0 {
+                report(n);
+            }
         }
     });
 }

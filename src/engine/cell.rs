@@ -90,14 +90,15 @@ impl Compact {
         }
     }
 
-    fn expand(&self) -> Account {
+    /// The account decoded, with what only memory knew put back (taken from `self`).
+    fn expand(&mut self) -> Account {
         let mut account = decode_account(&self.stored_state())
             .unwrap_or_else(|e| panic!("a compacted account decodes, since this process encoded it: {e}"));
         for ((_, hold), &deadline) in account.holds.iter_mut().zip(self.deadlines.iter()) {
             hold.deadline_ms = deadline;
         }
-        if let Some(resolved) = &self.resolved {
-            account.resolved_holds = (**resolved).clone();
+        if let Some(resolved) = self.resolved.take() {
+            account.resolved_holds = *resolved;
         }
         account
     }
@@ -112,7 +113,7 @@ impl Slot {
     /// The account, decoded first if it was compact. Counts as a use.
     pub fn account(&mut self) -> &mut Account {
         self.used = true;
-        if let State::Compact(compact) = &self.state {
+        if let State::Compact(compact) = &mut self.state {
             self.state = State::Live(Box::new(compact.expand()));
         }
         match &mut self.state {
