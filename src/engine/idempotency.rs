@@ -8,7 +8,6 @@
 
 use super::outcome::Outcome;
 use crate::store::IdemRow;
-use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -97,7 +96,7 @@ pub enum Seen {
 }
 
 pub struct Idempotency {
-    entries: DashMap<String, IdemEntry>,
+    entries: super::Map<String, IdemEntry>,
     retention_ms: u64,
     max_entries: usize,
     /// Set once entries were evicted for space: a miss must then ask the store.
@@ -109,7 +108,7 @@ impl Idempotency {
         // Growing the table rehashes a whole shard under its lock, and every request for that
         // shard waits behind it: many shards keep each rehash short (at 5M answers a shard
         // holds 20k, not 600k). Sizing up front would cost its memory while idle.
-        let entries = DashMap::with_shard_amount(256);
+        let entries = super::Map::with_hasher_and_shard_amount(Default::default(), 256);
         Idempotency { entries, retention_ms, max_entries, evicted: AtomicBool::new(false) }
     }
 

@@ -4,17 +4,17 @@
 //! store reads on.
 
 use super::cell::AccountCell;
+use super::Map;
 use crate::domain::Now;
 use crate::store::{decode_account, Recovered, Store, StoreError};
-use dashmap::DashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 
 /// What the engine starts from.
 pub struct Restored {
-    pub(super) accounts: DashMap<String, Arc<AccountCell>>,
+    pub(super) accounts: Map<String, Arc<AccountCell>>,
     /// Accounts with live holds: the expiry sweep visits only these.
-    pub(super) with_holds: DashMap<String, ()>,
+    pub(super) with_holds: Map<String, ()>,
     pub recovered: Recovered,
 }
 
@@ -32,7 +32,8 @@ impl Restored {
         now: Now,
         helpers: usize,
     ) -> Result<Restored, StoreError> {
-        let table = Table { accounts: DashMap::with_capacity(store.account_count()?), with_holds: DashMap::new(), now };
+        let accounts = Map::with_capacity_and_hasher(store.account_count()?, Default::default());
+        let table = Table { accounts, with_holds: Map::default(), now };
         if helpers == 0 {
             store.each_account(&mut |state| table.restore(state))?;
         } else {
@@ -48,8 +49,8 @@ impl Restored {
 }
 
 struct Table {
-    accounts: DashMap<String, Arc<AccountCell>>,
-    with_holds: DashMap<String, ()>,
+    accounts: Map<String, Arc<AccountCell>>,
+    with_holds: Map<String, ()>,
     now: Now,
 }
 
