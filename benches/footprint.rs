@@ -4,7 +4,7 @@
 //! - heap bytes per cached account (typical and bare), exactly as the engine keeps them
 //!   (`Arc<AccountCell>` in a `DashMap<String, _>`), counted by a global allocator wrapper;
 //! - heap bytes per entry of the idempotency table;
-//! - the start-up time (open, then accounts decoded into their cells as they are read) with
+//! - the start-up time (open, then each account put in its cell compact as it is read) with
 //!   many accounts on disk, and the size of the data directory.
 //!
 //! `FOOTPRINT_ACCOUNTS` sets how many accounts go on disk (default 1,000,000). Run by
@@ -349,7 +349,7 @@ fn startup(n: usize) {
         assert_eq!(engine.account_count(), n);
         let (bytes, blocks, _) = heap().per(before, n);
         println!(
-            "startup: ready in {:.2} s for {n} accounts [{run}] (open {:.3} s, restore {:.2} s [SQL read, decode, cells], engine {:.2} s); heap after start-up {:.0} bytes/account ({:.1} blocks/account)",
+            "startup: ready in {:.2} s for {n} accounts [{run}] (open {:.3} s, restore {:.2} s [SQL read, facts, compress, cells], engine {:.2} s); heap after start-up {:.0} bytes/account ({:.1} blocks/account)",
             secs(t.ready),
             secs(t.opened),
             secs(t.restored - t.opened),

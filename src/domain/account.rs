@@ -123,6 +123,11 @@ pub struct Account {
     pub plan_issued_for: Option<DateTime<Utc>>,
 }
 
+/// The monotonic deadline of a hold expiring at `expires_at`, as seen at `now`.
+pub fn deadline_at(expires_at: DateTime<Utc>, now: Now) -> u64 {
+    now.mono_ms + (expires_at - now.wall).num_milliseconds().max(0) as u64
+}
+
 /// A hold that ended: its id, how, and when.
 pub type ResolvedHold = (String, HoldEnd, DateTime<Utc>);
 
@@ -277,8 +282,7 @@ impl Account {
     /// After loading from the store: rebuild monotonic deadlines from wall-clock expiries.
     pub fn restore_deadlines(&mut self, now: Now) {
         for (_, hold) in self.holds.iter_mut() {
-            let left_ms = (hold.expires_at - now.wall).num_milliseconds().max(0) as u64;
-            hold.deadline_ms = now.mono_ms + left_ms;
+            hold.deadline_ms = deadline_at(hold.expires_at, now);
         }
     }
 

@@ -2,7 +2,7 @@
 //! nanoseconds in the compact binary forms (postcard), which is a third of the size, exact,
 //! and needs no formatting or parsing on the hot path or at start-up.
 //!
-//! Use with `#[serde(with = "crate::domain::time::compact")]` (or `compact_opt`).
+//! Use with `#[serde(with = "crate::domain::time::compact")]` (or `compact_opt`, `compact_vec`).
 
 use chrono::{DateTime, Utc};
 use serde::de::Error as _;
@@ -29,11 +29,12 @@ pub mod compact {
     }
 }
 
+/// The stored form of one timestamp, for containers of timestamps.
+#[derive(Serialize, Deserialize)]
+struct Compact(#[serde(with = "compact")] DateTime<Utc>);
+
 pub mod compact_opt {
     use super::*;
-
-    #[derive(Serialize, Deserialize)]
-    struct Compact(#[serde(with = "super::compact")] DateTime<Utc>);
 
     pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
         t.map(Compact).serialize(s)
@@ -41,6 +42,18 @@ pub mod compact_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
         Ok(Option::<Compact>::deserialize(d)?.map(|c| c.0))
+    }
+}
+
+pub mod compact_vec {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(t: &[DateTime<Utc>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(t.iter().copied().map(Compact))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DateTime<Utc>>, D::Error> {
+        Ok(Vec::<Compact>::deserialize(d)?.into_iter().map(|c| c.0).collect())
     }
 }
 

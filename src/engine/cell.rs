@@ -92,8 +92,10 @@ impl Compact {
 
     /// The account decoded, with what only memory knew put back (taken from `self`).
     fn expand(&mut self) -> Account {
+        // Start-up reads only the facts at the front of a state in this program's form (any
+        // other it decodes in full), so this fails only for a store altered behind its back.
         let mut account = decode_account(&self.stored_state())
-            .unwrap_or_else(|e| panic!("a compacted account decodes, since this process encoded it: {e}"));
+            .unwrap_or_else(|e| panic!("a stored account state of a known format decodes: {e}"));
         for ((_, hold), &deadline) in account.holds.iter_mut().zip(self.deadlines.iter()) {
             hold.deadline_ms = deadline;
         }
@@ -184,11 +186,11 @@ impl AccountCell {
         Self::with_state(account.id.clone(), State::Live(Box::new(account)))
     }
 
-    /// A compact cell for an account read back from the store: `stored` is its stored form
-    /// and `account` that form decoded (its holds' deadlines placed on this process's clock).
-    pub fn restored(stored: &[u8], mut account: Account) -> Self {
-        let id = std::mem::take(&mut account.id);
-        Self::with_state(id, State::Compact(Compact::new(stored, &mut account)))
+    /// A compact cell for an account read back from the store: `stored` is its stored form,
+    /// `deadlines` its holds' deadlines on this process's clock, in hold order.
+    pub fn restored(id: String, stored: &[u8], deadlines: Box<[u64]>, cycle_end: DateTime<Utc>) -> Self {
+        let compact = Compact { stored: compress(stored), deadlines, resolved: None, cycle_end };
+        Self::with_state(id, State::Compact(compact))
     }
 
     fn with_state(id: String, state: State) -> Self {

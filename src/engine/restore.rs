@@ -5,8 +5,9 @@
 
 use super::cell::AccountCell;
 use super::Map;
+use crate::domain::account::deadline_at;
 use crate::domain::Now;
-use crate::store::{decode_account, Recovered, Store, StoreError};
+use crate::store::{account_facts, decode_account, AccountFacts, Recovered, Store, StoreError};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -65,14 +66,22 @@ struct Chunk {
 const CHUNK_BYTES: usize = 256 << 10;
 
 impl Table {
+    /// Nothing is in use yet: every account starts compact, decoded on first use. Its facts
+    /// are read off the front of its state; only the first stored form is decoded for them.
     fn restore(&self, state: &[u8]) -> Result<(), StoreError> {
-        let mut account = decode_account(state)?;
-        account.restore_deadlines(self.now);
-        if !account.holds.is_empty() {
-            self.with_holds.insert(account.id.clone(), ());
+        let (id, facts) = match account_facts(state)? {
+            Some((id, facts)) => (id.to_string(), facts),
+            None => {
+                let account = decode_account(state)?;
+                let facts = AccountFacts::of(&account);
+                (account.id, facts)
+            }
+        };
+        if !facts.hold_expiries.is_empty() {
+            self.with_holds.insert(id.clone(), ());
         }
-        // Nothing is in use yet: every account starts compact, decoded on first use.
-        let cell = AccountCell::restored(state, account);
+        let deadlines = facts.hold_expiries.iter().map(|&at| deadline_at(at, self.now)).collect();
+        let cell = AccountCell::restored(id, state, deadlines, facts.cycle_end);
         self.accounts.insert(cell.id.clone(), Arc::new(cell));
         Ok(())
     }
@@ -147,9 +156,17 @@ mod tests {
 
     /// Accounts large enough that they fill several chunks; every tenth has a hold.
     fn store_with_accounts(n: usize) -> (tempfile::TempDir, EmbeddedStore) {
+        store_with(n, encode_account, chrono::Utc::now())
+    }
+
+    /// `n` accounts made at `now`, every tenth with a hold, stored in the form `encode` makes.
+    fn store_with(
+        n: usize,
+        encode: fn(&Account) -> Vec<u8>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
-        let now = chrono::Utc::now();
         let accounts = (0..n)
             .map(|i| {
                 let mut a = Account::blank(&format!("acct-{i:05}"), now);
@@ -181,7 +198,7 @@ mod tests {
                     };
                     a.holds.insert(hold.id.clone(), hold);
                 }
-                (a.id.clone(), encode_account(&a))
+                (a.id.clone(), encode(&a))
             })
             .collect();
         store.write(&Batch { accounts, ..Batch::default() }).unwrap();
@@ -205,6 +222,27 @@ mod tests {
                 let left = hold.deadline_ms - now.mono_ms;
                 assert!(left > 50_000 && left <= 60_000, "deadline placed on this process's clock: {left} ms left");
             }
+        }
+    }
+
+    #[test]
+    fn the_first_stored_form_restores_as_this_one_does() {
+        let made = chrono::Utc::now();
+        let (_first_dir, mut first) = store_with(200, |a| postcard::to_stdvec(a).unwrap(), made);
+        let (_dir, mut current) = store_with(200, encode_account, made);
+        let now = Now { wall: made + chrono::Duration::seconds(1), mono_ms: 1_000 };
+        let old = Restored::with_helpers(&mut first, 0, now, 0).unwrap();
+        let new = Restored::with_helpers(&mut current, 0, now, 0).unwrap();
+        assert_eq!((old.with_holds.len(), new.with_holds.len()), (20, 20));
+        for entry in new.accounts.iter() {
+            let other = old.accounts.get(entry.key()).expect("restored from the first form too");
+            let (mut mine, mut theirs) = (entry.value().lock(), other.lock());
+            assert_eq!(mine.next_hold_deadline(), theirs.next_hold_deadline());
+            if let Some(deadline) = mine.next_hold_deadline() {
+                assert_eq!(deadline, now.mono_ms + 59_000, "60 s holds, restored 1 s after they were made");
+            }
+            assert_eq!(mine.cycle_end(), theirs.cycle_end());
+            assert_eq!(*mine.account(), *theirs.account());
         }
     }
 }

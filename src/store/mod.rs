@@ -8,6 +8,7 @@ use crate::domain::account::Account;
 use crate::domain::audit::AuditRecord;
 use crate::domain::ledger::LedgerEntry;
 use crate::domain::price::PriceBook;
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -40,12 +41,54 @@ pub struct JournalChunk {
 
 /// The stored form of an account's state: compact binary (postcard), written at every group
 /// commit and read back at start-up, so its cost and size matter more than readability.
+///
+/// It begins with a format byte and [`AccountFacts`], so start-up learns what it needs
+/// without decoding the account. The first stored form had neither; it began with the
+/// account id's length, never 0, so it is still told apart and read.
 pub fn encode_account(account: &Account) -> Vec<u8> {
-    postcard::to_stdvec(account).expect("account state encodes")
+    postcard::to_stdvec(&(WITH_FACTS, AccountFacts::of(account), account)).expect("account state encodes")
 }
 
 pub fn decode_account(bytes: &[u8]) -> Result<Account, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("account state: {e}")))
+    let decoded = match bytes.first() {
+        Some(&WITH_FACTS) => postcard::from_bytes::<(u8, AccountFacts, Account)>(bytes).map(|(_, _, a)| a),
+        _ => postcard::from_bytes(bytes),
+    };
+    decoded.map_err(|e| StoreError::Corrupt(format!("account state: {e}")))
+}
+
+/// What start-up needs of a stored account, read without decoding the rest; `None` for the
+/// first stored form, which must be decoded.
+pub fn account_facts(bytes: &[u8]) -> Result<Option<(&str, AccountFacts)>, StoreError> {
+    if bytes.first() != Some(&WITH_FACTS) {
+        return Ok(None);
+    }
+    let corrupt = |e: postcard::Error| StoreError::Corrupt(format!("account state: {e}"));
+    let ((_, facts), rest) = postcard::take_from_bytes::<(u8, AccountFacts)>(bytes).map_err(corrupt)?;
+    let (id, _) = postcard::take_from_bytes::<&str>(rest).map_err(corrupt)?;
+    Ok(Some((id, facts)))
+}
+
+/// The format byte of a stored state that begins with its [`AccountFacts`].
+const WITH_FACTS: u8 = 0;
+
+/// Written ahead of each stored account: the end of its cycle, and when each live hold
+/// expires, in hold order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AccountFacts {
+    #[serde(with = "crate::domain::time::compact")]
+    pub cycle_end: DateTime<Utc>,
+    #[serde(with = "crate::domain::time::compact_vec")]
+    pub hold_expiries: Vec<DateTime<Utc>>,
+}
+
+impl AccountFacts {
+    pub fn of(account: &Account) -> AccountFacts {
+        AccountFacts {
+            cycle_end: account.cycle.end,
+            hold_expiries: account.holds.iter().map(|(_, h)| h.expires_at).collect(),
+        }
+    }
 }
 
 /// One group commit: account states and the records that produced them, written atomically.
@@ -109,4 +152,71 @@ pub trait Store: Send + 'static {
 /// Looks up an answered request id off the writer's connection (for ids evicted from memory).
 pub trait RequestLookup: Send + Sync + 'static {
     fn find_request(&self, request_id: &str) -> Result<Option<IdemRow>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::hold::Hold;
+    use crate::domain::price::PriceEntry;
+
+    fn account_with_holds() -> Account {
+        let now: DateTime<Utc> = "2026-11-24T08:00:00Z".parse().unwrap();
+        let mut a = Account::blank("org-7", now);
+        a.cycle.end = "2026-12-01T00:00:00Z".parse().unwrap();
+        for (i, ttl) in [(1, 60), (2, 3600)] {
+            let hold = Hold {
+                id: format!("org-7/rs_{i}"),
+                request_id: format!("req-{i}"),
+                user_id: None,
+                workspace_id: None,
+                price: Arc::new(PriceEntry {
+                    action: "chat".into(),
+                    category: String::new(),
+                    unit_name: "request".into(),
+                    unit_size: 1,
+                    credits_per_unit: 1.into(),
+                    meter: None,
+                }),
+                price_version: 1,
+                quantity: 1,
+                credits: 1.into(),
+                allocations: Vec::new(),
+                overdraft: 0.into(),
+                meter: None,
+                created_at: now,
+                expires_at: now + chrono::Duration::seconds(ttl),
+                deadline_ms: 0,
+                metadata: Default::default(),
+            };
+            a.holds.insert(hold.id.clone(), hold);
+        }
+        a
+    }
+
+    #[test]
+    fn facts_are_read_off_the_front_without_decoding_the_account() {
+        let a = account_with_holds();
+        let bytes = encode_account(&a);
+        assert_eq!(decode_account(&bytes).unwrap(), a);
+        let (id, facts) = account_facts(&bytes).unwrap().expect("this program's form has facts");
+        assert_eq!(id, "org-7");
+        assert_eq!(facts, AccountFacts::of(&a));
+        assert_eq!(facts.hold_expiries.len(), 2);
+    }
+
+    #[test]
+    fn the_first_stored_form_still_decodes_and_has_no_facts() {
+        let a = account_with_holds();
+        let first_form = postcard::to_stdvec(&a).unwrap();
+        assert_eq!(decode_account(&first_form).unwrap(), a);
+        assert_eq!(account_facts(&first_form).unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_state_is_refused_not_misread() {
+        let bytes = encode_account(&account_with_holds());
+        assert!(matches!(account_facts(&bytes[..3]), Err(StoreError::Corrupt(_))));
+        assert!(matches!(decode_account(&bytes[..bytes.len() / 2]), Err(StoreError::Corrupt(_))));
+    }
 }
