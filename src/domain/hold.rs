@@ -67,3 +67,34 @@ impl HoldEnd {
         }
     }
 }
+
+#[cfg(test)]
+impl Hold {
+    /// A one-credit hold on a plain per-request price, made at `created_at`, for tests.
+    pub(crate) fn sample(id: &str, created_at: DateTime<Utc>, expires_at: DateTime<Utc>) -> Hold {
+        Hold {
+            id: id.to_string(),
+            request_id: format!("req-{id}"),
+            user_id: None,
+            workspace_id: None,
+            price: Arc::new(PriceEntry {
+                action: "chat".into(),
+                category: String::new(),
+                unit_name: "request".into(),
+                unit_size: 1,
+                credits_per_unit: 1.into(),
+                meter: None,
+            }),
+            price_version: 1,
+            quantity: 1,
+            credits: 1.into(),
+            allocations: Vec::new(),
+            overdraft: 0.into(),
+            meter: None,
+            created_at,
+            expires_at,
+            deadline_ms: 0,
+            metadata: Default::default(),
+        }
+    }
+}

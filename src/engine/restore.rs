@@ -150,7 +150,6 @@ mod tests {
     use super::*;
     use crate::domain::account::Account;
     use crate::domain::hold::Hold;
-    use crate::domain::price::PriceEntry;
     use crate::store::embedded::{EmbeddedStore, Synchronous};
     use crate::store::{encode_account, Batch};
 
@@ -172,30 +171,7 @@ mod tests {
                 let mut a = Account::blank(&format!("acct-{i:05}"), now);
                 a.display_name = "x".repeat(4000);
                 if i % 10 == 0 {
-                    let hold = Hold {
-                        id: format!("rs_{i}"),
-                        request_id: format!("req-{i}"),
-                        user_id: None,
-                        workspace_id: None,
-                        price: Arc::new(PriceEntry {
-                            action: "chat".into(),
-                            category: String::new(),
-                            unit_name: "request".into(),
-                            unit_size: 1,
-                            credits_per_unit: 1.into(),
-                            meter: None,
-                        }),
-                        price_version: 1,
-                        quantity: 1,
-                        credits: 1.into(),
-                        allocations: Vec::new(),
-                        overdraft: 0.into(),
-                        meter: None,
-                        created_at: now,
-                        expires_at: now + chrono::Duration::seconds(60),
-                        deadline_ms: 0,
-                        metadata: Default::default(),
-                    };
+                    let hold = Hold::sample(&format!("rs_{i}"), now, now + chrono::Duration::seconds(60));
                     a.holds.insert(hold.id.clone(), hold);
                 }
                 (a.id.clone(), encode(&a))

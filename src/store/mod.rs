@@ -158,37 +158,13 @@ pub trait RequestLookup: Send + Sync + 'static {
 mod tests {
     use super::*;
     use crate::domain::hold::Hold;
-    use crate::domain::price::PriceEntry;
 
     fn account_with_holds() -> Account {
         let now: DateTime<Utc> = "2026-11-24T08:00:00Z".parse().unwrap();
         let mut a = Account::blank("org-7", now);
         a.cycle.end = "2026-12-01T00:00:00Z".parse().unwrap();
         for (i, ttl) in [(1, 60), (2, 3600)] {
-            let hold = Hold {
-                id: format!("org-7/rs_{i}"),
-                request_id: format!("req-{i}"),
-                user_id: None,
-                workspace_id: None,
-                price: Arc::new(PriceEntry {
-                    action: "chat".into(),
-                    category: String::new(),
-                    unit_name: "request".into(),
-                    unit_size: 1,
-                    credits_per_unit: 1.into(),
-                    meter: None,
-                }),
-                price_version: 1,
-                quantity: 1,
-                credits: 1.into(),
-                allocations: Vec::new(),
-                overdraft: 0.into(),
-                meter: None,
-                created_at: now,
-                expires_at: now + chrono::Duration::seconds(ttl),
-                deadline_ms: 0,
-                metadata: Default::default(),
-            };
+            let hold = Hold::sample(&format!("org-7/rs_{i}"), now, now + chrono::Duration::seconds(ttl));
             a.holds.insert(hold.id.clone(), hold);
         }
         a
