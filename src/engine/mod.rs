@@ -236,7 +236,8 @@ impl Engine {
 
     /// Rolls every account whose cycle ended into its new cycle (plan renewal, expiry of
     /// unused plan credits). Also happens lazily when an account is touched. A compact
-    /// account is compacted again at once, so a month's turn never decodes every account.
+    /// account is compacted again at once, so a month's turn never holds every account
+    /// decoded at the same time.
     pub fn sweep_cycles(&self) -> usize {
         let now = self.clock.now();
         let mut rolled = 0;

@@ -1,7 +1,7 @@
-//! Start-up: the engine's accounts rebuilt from the store. Each stored state is decoded once,
-//! to place its holds' deadlines and learn its cycle, and put in its cell compact (see
-//! `cell`) as the store reads it; with more than one core, helper threads decode while the
-//! store reads on.
+//! Start-up: the engine's accounts rebuilt from the store. Each stored state goes into its
+//! cell compact (see `cell`) as the store reads it, with its holds' deadlines placed from
+//! the facts at its front, without decoding the account; with more than one core, helper
+//! threads compress while the store reads on.
 
 use super::cell::AccountCell;
 use super::Map;
@@ -55,14 +55,14 @@ struct Table {
     now: Now,
 }
 
-/// Stored states copied out of the store's rows, back to back, for a helper to decode.
+/// Stored states copied out of the store's rows, back to back, for a helper to restore.
 #[derive(Default)]
 struct Chunk {
     bytes: Vec<u8>,
     ends: Vec<usize>,
 }
 
-/// Big enough that handing a chunk over costs nothing next to decoding it.
+/// Big enough that handing a chunk over costs nothing next to compressing it.
 const CHUNK_BYTES: usize = 256 << 10;
 
 impl Table {
@@ -96,7 +96,7 @@ impl Table {
     }
 
     /// The store reads on this thread; chunks of states go round-robin to this thread and
-    /// to `helpers` threads, each decoding into the shared map. The store hands each account
+    /// to `helpers` threads, each restoring into the shared map. The store hands each account
     /// over once, so the order in which threads insert does not matter.
     fn restore_in_parallel(&self, store: &mut dyn Store, helpers: usize) -> Result<(), StoreError> {
         std::thread::scope(|scope| {
