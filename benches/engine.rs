@@ -3,8 +3,9 @@
 //!
 //! Run: `cargo bench --bench engine`. Throughput is reported as decisions per second.
 //!
-//! Also: the idempotency lookup on a large table, burn-down across many grants, and the
-//! cost per record of one group commit to the embedded store at several batch sizes.
+//! Also: the idempotency lookup on a large table, burn-down across many grants, the cost
+//! per record of one group commit to the embedded store at several batch sizes, and what
+//! keeping an idle account compact costs: compacting it, and decoding it at its next use.
 //! Run by `cargo test --benches` (no `--bench` argument) the tables are kept small.
 
 mod common;
@@ -18,6 +19,7 @@ use creditd::domain::price::{PriceChange, PriceEntry};
 use creditd::domain::spend::SpendAsk;
 use creditd::domain::Now;
 use creditd::engine::admin::{AccountSpec, Caller, GrantSpec};
+use creditd::engine::cell::AccountCell;
 use creditd::engine::clock::{Clock, SystemClock};
 use creditd::engine::idempotency::{answer_row, Answered, IdemEntry, Idempotency};
 use creditd::engine::request::{DeductRequest, SpendTarget};
@@ -374,5 +376,30 @@ fn group_commit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, engine, idempotency, burn_down, group_commit);
+/// A typical account (3 grants, 2 holds, 2 meters) compacted, and decoded at its next use.
+fn compaction(c: &mut Criterion) {
+    let clock = SystemClock::new();
+    let now = clock.now();
+    let ids = IdGenerator::default();
+    let account = common::typical_account(0, now, &ids, &mut common::Seq(0x2545_f491_4f6c_dd1d));
+    let mut group = c.benchmark_group("compaction");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("compact/typical_account", |b| {
+        b.iter_batched_ref(|| AccountCell::new(account.clone()), |cell| cell.lock().compact(), BatchSize::SmallInput)
+    });
+    group.bench_function("first_use/typical_account", |b| {
+        b.iter_batched_ref(
+            || {
+                let cell = AccountCell::new(account.clone());
+                cell.lock().compact();
+                cell
+            },
+            |cell| cell.lock().account().holds.len(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, engine, idempotency, burn_down, group_commit, compaction);
 criterion_main!(benches);
