@@ -66,7 +66,8 @@ enum State {
 /// An account at rest. Everything a decoded account holds, and what the sweeps need to know
 /// without decoding it.
 struct Compact {
-    /// `encode_account` of the state, LZ4-compressed behind its length.
+    /// The state's stored form (as written by `encode_account`, or as read back from the
+    /// store, which may be an older form), LZ4-compressed behind its length.
     stored: Box<[u8]>,
     /// The holds' deadlines on the monotonic clock, in hold order: the stored form has
     /// their wall-clock expiry only, and a hold must keep the deadline it was given.
