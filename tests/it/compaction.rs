@@ -4,6 +4,11 @@
 use crate::helpers::*;
 use std::time::Duration;
 
+/// A server whose own compaction sweep is off, so only the test's sweeps count.
+async fn server() -> TestServer {
+    TestServer::start_with(|c| c.sweep.compact_interval_ms = 0).await
+}
+
 /// Two sweeps, so every account unused since the first is compacted; how many were.
 fn compact_idle(s: &TestServer) -> usize {
     let engine = &s.running.as_ref().unwrap().engine;
@@ -12,7 +17,7 @@ fn compact_idle(s: &TestServer) -> usize {
 
 #[tokio::test]
 async fn a_compacted_account_answers_exactly_as_before() {
-    let s = TestServer::start().await;
+    let s = server().await;
     s.account_with("acme", "100").await;
     s.account_with("busy", "100").await;
     s.price("video", "2", 1).await;
@@ -53,7 +58,7 @@ async fn a_compacted_account_answers_exactly_as_before() {
 
 #[tokio::test]
 async fn a_cycle_turn_on_a_compact_account_is_written_and_leaves_it_compact() {
-    let s = TestServer::start().await;
+    let s = server().await;
     s.account_on_plan("idle", "10").await;
     s.price("video", "1", 1).await;
     assert!(allowed(&s.deduct("idle", "video", 4).await));
