@@ -158,7 +158,7 @@ async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, config: C
 
 fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<Engine>, config: &Config) {
     let sweep = &config.sweep;
-    // These walk many accounts: keep them off the request threads.
+    // These walk many accounts: keep them off the request threads, and out of their way.
     account_sweep(tasks, stop, engine, sweep.holds_interval_ms, Engine::sweep_holds, |n| {
         tracing::debug!(expired = n, "expired reservations")
     });
@@ -182,7 +182,8 @@ fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<En
     });
 }
 
-/// Runs `sweep` on a blocking thread every `period_ms`, and `report`s what it did, if anything.
+/// Runs `sweep` in the background (`background::run`) every `period_ms`, and `report`s what
+/// it did, if anything.
 fn account_sweep(
     tasks: &TaskTracker,
     stop: &CancellationToken,
@@ -195,7 +196,7 @@ fn account_sweep(
     every_tick(tasks, stop, Duration::from_millis(period_ms), move || {
         let e = engine.clone();
         async move {
-            let n = tokio::task::spawn_blocking(move || sweep(&e)).await.unwrap_or(0);
+            let n = crate::background::run(move || sweep(&e)).await.unwrap_or(0);
             if n > 0 {
                 report(n);
             }

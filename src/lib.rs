@@ -1,9 +1,10 @@
 //! creditd: a gRPC metering sidecar and quota server for AI platforms.
-#![deny(unsafe_code)] // allowed exceptions: the journal writer's priority (src/journal), one allocator option
+#![deny(unsafe_code)] // allowed exceptions: thread priorities (src/background), one allocator option
 
 pub mod allocator;
 pub mod api;
 pub mod app;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -275,10 +275,9 @@ impl Engine {
     pub async fn sweep_requests(&self) -> usize {
         let idempotency = self.idempotency.clone();
         let now_ms = self.clock.now().wall_ms();
-        let (expired, victims) =
-            tokio::task::spawn_blocking(move || (idempotency.expire(now_ms), idempotency.over_bound()))
-                .await
-                .unwrap_or_default();
+        let (expired, victims) = crate::background::run(move || (idempotency.expire(now_ms), idempotency.over_bound()))
+            .await
+            .unwrap_or_default();
         // In chunks, so group commits go on between them: the journal writer does both.
         const CHUNK: usize = 10_000;
         let mut evicted = 0;

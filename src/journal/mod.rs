@@ -206,15 +206,9 @@ struct Round {
 /// itself nothing changes; and it cannot starve, since a nice value only weighs shares.
 const WRITER_NICE: i32 = 10;
 
-#[allow(unsafe_code)]
 fn yield_to_requests() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on this thread's own id; no memory is passed.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::setpriority(libc::PRIO_PROCESS, tid, WRITER_NICE) != 0 {
-            tracing::debug!("could not lower the journal writer's priority; it competes with requests as equals");
-        }
+    if !crate::background::lower_this_thread(WRITER_NICE) {
+        tracing::debug!("could not lower the journal writer's priority; it competes with requests as equals");
     }
 }
 
