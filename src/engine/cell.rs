@@ -80,11 +80,11 @@ struct Compact {
 }
 
 impl Compact {
-    /// `stored` is `encode_account(account)`, passed in when the caller has it already.
-    fn new(stored: &[u8], account: &mut Account) -> Compact {
+    /// Takes what only memory knows (the resolved holds) out of `account`.
+    fn new(account: &mut Account) -> Compact {
         let resolved = std::mem::take(&mut account.resolved_holds);
         Compact {
-            stored: compress(stored),
+            stored: compress(&encode_account(account)),
             deadlines: account.holds.iter().map(|(_, h)| h.deadline_ms).collect(),
             resolved: (!resolved.is_empty()).then(|| Box::new(resolved)),
             cycle_end: account.cycle.end,
@@ -162,8 +162,7 @@ impl Slot {
     /// Compacts the account now, whatever its use.
     pub fn compact(&mut self) {
         if let State::Live(account) = &mut self.state {
-            let stored = encode_account(account);
-            self.state = State::Compact(Compact::new(&stored, account));
+            self.state = State::Compact(Compact::new(account));
         }
     }
 
