@@ -82,8 +82,8 @@ fn engine(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     let clock = Arc::new(SystemClock::new());
-    let restored = Restored::from_store(&mut store, 0, clock.now()).unwrap();
     let idem = Arc::new(Idempotency::new(86_400_000, 10_000_000));
+    let restored = Restored::from_store(&mut store, &idem, 0, clock.now()).unwrap();
     let (journal, _writer) = Journal::start(
         Box::new(store),
         idem.clone(),

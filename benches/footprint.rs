@@ -272,12 +272,37 @@ fn memory(n: usize) {
         table.insert(idem_key(&account, &seq.uuid()), entry);
     }
     let (bytes, blocks, _) = heap().per(before, n);
+    let kept_bytes = bytes;
     println!(
         "memory: idempotency entry (deduct answer): {bytes:.0} bytes/entry ({blocks:.1} heap blocks/entry) over {} entries; the answer kept encoded in {} bytes (size_of Outcome {}), IdemEntry {}",
         table.len(),
         deduct_entry(now_ms, &ids).answer.encoded().len(),
         size_of::<Outcome>(),
         size_of::<IdemEntry>(),
+    );
+    drop(table);
+
+    // Beyond the bound, memory keeps only where the store has each answer. Swept as the
+    // server does, often enough that the kept answers' table stays small next to n.
+    let before = heap();
+    let bound = (n / 100).max(1);
+    let table = Idempotency::new(86_400_000, bound);
+    for i in 0..n {
+        let entry = deduct_entry(now_ms, &ids);
+        entry.answer.written(1 + i as u64 / 1_000);
+        table.insert(idem_key(&account_id(i % 1_000), &seq.uuid()), entry);
+        if i % bound == 0 {
+            table.evict_over_bound();
+        }
+    }
+    table.evict_over_bound();
+    let (bytes, _, _) = heap().per(before, n);
+    let kept = table.len() as f64 / n as f64;
+    println!(
+        "memory: evicted answer: {:.1} bytes/answer over {} answers ({bytes:.1} bytes/answer in all, with {} kept)",
+        bytes - kept * kept_bytes,
+        table.evicted_len(),
+        table.len()
     );
     drop(table);
 }
@@ -377,10 +402,10 @@ fn start(dir: &std::path::Path, clock: Arc<SystemClock>) -> (Engine, std::thread
     let t0 = Instant::now();
     let mut store = EmbeddedStore::open(dir, Synchronous::Normal).expect("open store");
     let opened = t0.elapsed();
-    let restored = Restored::from_store(&mut store, 0, clock.now()).expect("restore");
+    let idem = Arc::new(Idempotency::new(86_400_000, 5_000_000));
+    let restored = Restored::from_store(&mut store, &idem, 0, clock.now()).expect("restore");
     let restored_at = t0.elapsed();
     let lookup: Arc<dyn RequestLookup> = Arc::new(EmbeddedStore::reader(dir).expect("reader"));
-    let idem = Arc::new(Idempotency::new(86_400_000, 5_000_000));
     let (journal, writer) = Journal::start(Box::new(store), idem.clone(), clock.clone(), JournalOptions::default());
     let engine = Engine::new(restored, journal, idem, Some(lookup), clock, EngineOptions::default());
     let ready = t0.elapsed();

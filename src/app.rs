@@ -51,9 +51,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let since_ms = clock.now().wall_ms().saturating_sub(retention.as_millis() as u64);
     let started = std::time::Instant::now();
     let now = clock.now();
+    let idempotency = Arc::new(Idempotency::new(retention.as_millis() as u64, config.limits.idempotency_max_entries));
+    let answers = idempotency.clone();
     let (store, restored, lookup) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let mut store = EmbeddedStore::open(&data_dir, synchronous)?;
-        let restored = Restored::from_store(&mut store, since_ms, now)?;
+        let restored = Restored::from_store(&mut store, &answers, since_ms, now)?;
         let lookup = EmbeddedStore::reader(&data_dir)?;
         Ok((store, restored, lookup))
     })
@@ -61,13 +63,12 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     .expect("recovery task")?;
     tracing::info!(
         accounts = restored.account_count(),
-        answered_requests = restored.recovered.idempotency.len(),
+        answered_requests = idempotency.len() + idempotency.evicted_len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         data_dir = %config.store.data_dir.display(),
         "recovered state from the embedded store"
     );
 
-    let idempotency = Arc::new(Idempotency::new(retention.as_millis() as u64, config.limits.idempotency_max_entries));
     let (journal, writer) = Journal::start(
         Box::new(store),
         idempotency.clone(),
@@ -170,8 +171,8 @@ fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<En
             tracing::debug!(accounts = n, "compacted idle accounts")
         });
     }
-    // Answers past retention or over the memory bound: this sweep moves its heavy part off
-    // the request threads itself, and awaits the store's archive before evicting.
+    // Answers past retention or over the memory bound: this sweep moves its work off the
+    // request threads itself, then asks the journal writer to prune the store.
     let e = engine.clone();
     every_tick(tasks, stop, Duration::from_millis(sweep.requests_interval_ms), move || {
         let e = e.clone();

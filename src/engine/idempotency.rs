@@ -2,13 +2,15 @@
 //!
 //! An entry is inserted under the owning account's lock, in the same critical section as
 //! the change it answers, so two concurrent calls with one id can never both be charged.
-//! Entries live `retention` (≥ 24 h) in memory and in the store; beyond `max_entries` the
-//! oldest are archived in the store's index, then leave memory, and are looked up there on
-//! a miss.
+//! Entries live `retention` (≥ 24 h) in memory and in the store, where each group commit
+//! writes its answers as one page. Beyond `max_entries` the oldest leave memory; only
+//! where the store has them stays (`evicted`), so a miss asks the store only for an id it
+//! did answer.
 
+use super::evicted::Evicted;
 use super::outcome::Outcome;
-use crate::store::IdemRow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::store::{IdemRow, Store, StoreError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
@@ -18,7 +20,7 @@ pub struct IdemEntry {
     pub created_ms: u64,
 }
 
-/// An answer, shared by the map and the journal writer, which marks it durable in place.
+/// An answer, shared by the map and the journal writer, which marks it written in place.
 ///
 /// Kept in its stored form (the outcome postcard-encoded): millions are kept for a day and
 /// nearly all are never asked for again. Encoded once, it is one small block in memory
@@ -27,21 +29,24 @@ pub struct IdemEntry {
 #[derive(Debug)]
 pub struct Answered {
     encoded: Box<[u8]>,
-    /// False until the change is durable: a duplicate arriving before that cannot be told
-    /// the outcome yet.
+    /// False until the change counts as durable (written, or at once in `async` mode): a
+    /// duplicate arriving before that cannot be told the outcome yet.
     durable: AtomicBool,
+    /// The store's page holding this answer; 0 until written. Only a written answer may
+    /// leave memory.
+    page: AtomicU64,
 }
 
 impl Answered {
     pub fn new(outcome: &Outcome, durable: bool) -> Arc<Self> {
         let encoded = postcard::to_stdvec(outcome).expect("outcome encodes").into_boxed_slice();
-        Arc::new(Answered { encoded, durable: AtomicBool::new(durable) })
+        Arc::new(Answered { encoded, durable: AtomicBool::new(durable), page: AtomicU64::new(0) })
     }
 
-    /// An answer read back from the store; refused if it does not decode.
-    pub fn decoded_from(encoded: &[u8]) -> Result<Arc<Self>, postcard::Error> {
+    /// An answer read back from the store's `page`; refused if it does not decode.
+    pub fn decoded_from(encoded: &[u8], page: u64) -> Result<Arc<Self>, postcard::Error> {
         postcard::from_bytes::<Outcome>(encoded)?;
-        Ok(Arc::new(Answered { encoded: encoded.into(), durable: AtomicBool::new(true) }))
+        Ok(Arc::new(Answered { encoded: encoded.into(), durable: AtomicBool::new(true), page: AtomicU64::new(page) }))
     }
 
     /// The outcome, for a replay.
@@ -57,17 +62,19 @@ impl Answered {
         self.durable.load(Ordering::Acquire)
     }
 
-    pub fn mark_durable(&self) {
+    /// The store's page holding the answer, once written.
+    pub fn page(&self) -> Option<u64> {
+        Some(self.page.load(Ordering::Acquire)).filter(|&p| p != 0)
+    }
+
+    /// The answer is in the store, on `page`.
+    pub fn written(&self, page: u64) {
+        self.page.store(page, Ordering::Release);
         self.durable.store(true, Ordering::Release);
     }
 }
 
-/// The account part of an idempotency key (`engine::idem_key`).
-pub fn account_of(key: &str) -> &str {
-    key.split('\u{1f}').next().unwrap_or(key)
-}
-
-/// The stored form of an answer, for the journal and the archive.
+/// The stored form of an answer, for the journal.
 pub fn answer_row(key: &str, account_id: &str, fingerprint: u64, answer: &Answered, created_ms: u64) -> IdemRow {
     IdemRow {
         request_id: key.to_string(),
@@ -78,11 +85,11 @@ pub fn answer_row(key: &str, account_id: &str, fingerprint: u64, answer: &Answer
     }
 }
 
-/// Reads an answer back from its stored form.
-pub fn entry_from_row(row: &IdemRow) -> Result<IdemEntry, postcard::Error> {
+/// Reads an answer back from its stored form, found on `page`.
+pub fn entry_from_row(row: &IdemRow, page: u64) -> Result<IdemEntry, postcard::Error> {
     Ok(IdemEntry {
         fingerprint: row.fingerprint,
-        answer: Answered::decoded_from(&row.outcome)?,
+        answer: Answered::decoded_from(&row.outcome, page)?,
         created_ms: row.created_ms,
     })
 }
@@ -97,10 +104,9 @@ pub enum Seen {
 
 pub struct Idempotency {
     entries: super::Map<String, IdemEntry>,
+    evicted: Evicted,
     retention_ms: u64,
     max_entries: usize,
-    /// Set once entries were evicted for space: a miss must then ask the store.
-    evicted: AtomicBool,
 }
 
 impl Idempotency {
@@ -109,7 +115,7 @@ impl Idempotency {
         // shard waits behind it: many shards keep each rehash short (at 5M answers a shard
         // holds 20k, not 600k). Sizing up front would cost its memory while idle.
         let entries = super::Map::with_hasher_and_shard_amount(Default::default(), 256);
-        Idempotency { entries, retention_ms, max_entries, evicted: AtomicBool::new(false) }
+        Idempotency { entries, evicted: Evicted::default(), retention_ms, max_entries }
     }
 
     pub fn check(&self, request_id: &str, fingerprint: u64) -> Seen {
@@ -121,10 +127,6 @@ impl Idempotency {
         }
     }
 
-    pub fn contains(&self, request_id: &str) -> bool {
-        self.entries.contains_key(request_id)
-    }
-
     pub fn insert(&self, request_id: String, entry: IdemEntry) {
         self.entries.insert(request_id, entry);
     }
@@ -134,11 +136,16 @@ impl Idempotency {
         self.entries.remove(request_id);
     }
 
-    /// Whether a miss in memory may still be a hit in the store.
-    pub fn may_be_in_store(&self) -> bool {
-        self.evicted.load(Ordering::Relaxed)
+    /// The store's pages that may hold the answer to `request_id`, if memory let go of it:
+    /// they must be read before the id is checked. Empty for an id never answered.
+    pub fn evicted_pages(&self, request_id: &str) -> Vec<u64> {
+        if self.evicted.is_empty() || self.entries.contains_key(request_id) {
+            return Vec::new();
+        }
+        self.evicted.pages(request_id)
     }
 
+    /// Answers in memory.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -147,48 +154,84 @@ impl Idempotency {
         self.entries.is_empty()
     }
 
-    /// Drops durable entries past retention. Returns how many left memory.
-    pub fn expire(&self, now_ms: u64) -> usize {
-        let before = self.entries.len();
-        let cutoff = now_ms.saturating_sub(self.retention_ms);
-        self.entries.retain(|_, e| e.created_ms >= cutoff || !e.answer.is_durable());
-        before - self.entries.len()
+    /// Answers let go of for space and still within retention.
+    pub fn evicted_len(&self) -> usize {
+        self.evicted.len()
     }
 
-    /// The oldest durable entries beyond `max_entries`: to archive in the store, then evict.
-    /// Takes down to 90% of the bound, so the sweeps after it have nothing to do for a while.
-    /// Only the victims are copied: the map may hold millions of entries.
-    pub fn over_bound(&self) -> Vec<(String, IdemEntry)> {
+    /// Drops durable entries past retention. Returns how many left memory. (Evicted answers
+    /// are forgotten with their pages: [`Idempotency::pages_pruned_before`].)
+    pub fn expire(&self, now_ms: u64) -> usize {
+        let cutoff = now_ms.saturating_sub(self.retention_ms);
+        // Counted as they go: requests insert meanwhile.
+        let mut expired = 0;
+        self.entries.retain(|_, e| {
+            let keep = e.created_ms >= cutoff || !e.answer.is_durable();
+            expired += usize::from(!keep);
+            keep
+        });
+        expired
+    }
+
+    /// The store pruned its pages of answers before `first_kept`.
+    pub fn pages_pruned_before(&self, first_kept: u64) {
+        self.evicted.forget_pages_before(first_kept);
+    }
+
+    /// Lets go of the oldest written entries beyond `max_entries`, down to 90% of the
+    /// bound, so the sweeps after it have nothing to do for a while. Memory only: the
+    /// store has them already. Returns how many left.
+    pub fn evict_over_bound(&self) -> usize {
         let len = self.entries.len();
         if len <= self.max_entries {
-            return Vec::new();
+            return 0;
         }
         let over = len - (self.max_entries - self.max_entries / 10);
-        let mut times: Vec<u64> = self.entries.iter().filter(|e| e.answer.is_durable()).map(|e| e.created_ms).collect();
-        let Some(last) = over.min(times.len()).checked_sub(1) else { return Vec::new() };
+        // Only the victims' keys are copied: the map may hold millions of entries.
+        let mut times: Vec<u64> =
+            self.entries.iter().filter(|e| e.answer.page().is_some()).map(|e| e.created_ms).collect();
+        let Some(last) = over.min(times.len()).checked_sub(1) else { return 0 };
         let cutoff = *times.select_nth_unstable(last).1;
         drop(times);
-        let mut victims: Vec<(String, IdemEntry)> = self
+        let mut victims: Vec<(u64, String, u64)> = self
             .entries
             .iter()
-            .filter(|e| e.created_ms <= cutoff && e.answer.is_durable())
-            .map(|e| (e.key().clone(), e.value().clone()))
+            .filter(|e| e.created_ms <= cutoff)
+            .filter_map(|e| e.answer.page().map(|page| (e.created_ms, e.key().clone(), page)))
             .collect();
-        victims.sort_unstable_by_key(|(_, e)| e.created_ms);
+        victims.sort_unstable();
         victims.truncate(over); // entries tied at the cutoff
-        victims
-    }
-
-    /// Lets go of entries the store has archived. From now on a miss may be a hit there.
-    pub fn evict(&self, keys: impl IntoIterator<Item = String>) {
-        self.mark_evicted();
-        for key in keys {
-            self.entries.remove(&key);
+                                // Filed before they leave memory, so a retry in between finds one or the other.
+        self.evicted.insert(victims.iter().map(|(_, key, page)| (key.as_str(), *page)));
+        for (_, key, _) in &victims {
+            self.entries.remove(key);
         }
+        victims.len()
     }
 
-    pub fn mark_evicted(&self) {
-        self.evicted.store(true, Ordering::Relaxed);
+    /// Takes back the answers the store kept since `since_ms`: the newest in memory up to
+    /// the bound, the rest filed as evicted. Returns how many.
+    pub fn restore_from(&self, store: &mut dyn Store, since_ms: u64) -> Result<usize, StoreError> {
+        let mut beyond: Vec<(String, u64)> = Vec::new();
+        let mut restored = 0;
+        store.each_answer_page(since_ms, &mut |page, rows| {
+            restored += rows.len();
+            for row in rows {
+                if self.entries.len() >= self.max_entries {
+                    beyond.push((row.request_id, page));
+                    continue;
+                }
+                match entry_from_row(&row, page) {
+                    Ok(entry) => self.insert(row.request_id, entry),
+                    Err(e) => tracing::warn!(
+                        request_id = %row.request_id, error = %e, "unreadable stored answer; the id is treated as new"
+                    ),
+                }
+            }
+            Ok(())
+        })?;
+        self.evicted.insert(beyond.iter().map(|(key, page)| (key.as_str(), *page)));
+        Ok(restored)
     }
 }
 
@@ -229,50 +272,106 @@ impl Fingerprint {
 mod tests {
     use super::*;
 
-    fn entry(ms: u64, durable: bool) -> IdemEntry {
-        IdemEntry { fingerprint: 1, answer: Answered::new(&Outcome::AccountChanged, durable), created_ms: ms }
+    fn entry(ms: u64) -> IdemEntry {
+        IdemEntry { fingerprint: 1, answer: Answered::new(&Outcome::AccountChanged, false), created_ms: ms }
+    }
+
+    /// An entry written to the store on `page` (the page numbered after its time here).
+    fn written(ms: u64) -> IdemEntry {
+        let e = entry(ms);
+        e.answer.written(ms);
+        e
+    }
+
+    fn row(key: &str, ms: u64) -> IdemRow {
+        answer_row(key, "a", 1, &written(ms).answer, ms)
     }
 
     #[test]
     fn replay_mismatch_and_in_flight() {
         let t = Idempotency::new(1000, 10);
         assert!(matches!(t.check("r", 1), Seen::New));
-        let e = entry(0, false);
+        let e = entry(0);
         t.insert("r".into(), e.clone());
         assert!(matches!(t.check("r", 1), Seen::InFlight));
-        e.answer.mark_durable();
+        e.answer.written(7);
         assert!(matches!(t.check("r", 1), Seen::Replay(_)));
         assert!(matches!(t.check("r", 2), Seen::Mismatch));
     }
 
     #[test]
-    fn expiry_keeps_retention_and_the_bound_picks_the_oldest() {
-        let t = Idempotency::new(1000, 3);
-        for (i, ms) in [100u64, 200, 300, 5000].iter().enumerate() {
-            t.insert(format!("r{i}"), entry(*ms, true));
+    fn the_bound_lets_the_oldest_written_answers_go_and_remembers_their_pages() {
+        let t = Idempotency::new(10_000, 3);
+        for ms in [100u64, 200, 300, 5000] {
+            t.insert(format!("r{ms}"), written(ms));
         }
-        t.insert("pending".into(), entry(0, false));
-        assert_eq!(t.expire(1250), 2); // r0 and r1; a pending entry is never dropped
-        assert!(matches!(t.check("r0", 1), Seen::New));
-        assert!(t.over_bound().is_empty());
-        t.insert("r9".into(), entry(6000, true));
-        let victims: Vec<String> = t.over_bound().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(victims, ["r2"], "one over the bound: the oldest durable entry");
-        assert!(!t.may_be_in_store());
-        t.evict(victims);
-        assert!(matches!(t.check("r2", 1), Seen::New));
-        assert!(t.may_be_in_store());
+        t.insert("pending".into(), entry(0));
+        // Durable at once in `async` mode, but not in the store yet: it must stay.
+        let unwritten = Answered::new(&Outcome::AccountChanged, true);
+        t.insert("unwritten".into(), IdemEntry { fingerprint: 1, answer: unwritten, created_ms: 1 });
+        assert_eq!(t.evict_over_bound(), 3, "6 entries, bound 3: down to 3, the oldest written first");
+        assert_eq!(t.len(), 3);
+        for (key, page) in [("r100", 100), ("r200", 200), ("r300", 300)] {
+            assert!(matches!(t.check(key, 1), Seen::New), "{key} left memory");
+            assert_eq!(t.evicted_pages(key), [page], "and memory knows where the store has it");
+        }
+        assert!(t.evicted_pages("r5000").is_empty(), "still in memory");
+        assert!(t.evicted_pages("never-seen").is_empty(), "an id never answered costs the store nothing");
         assert!(matches!(t.check("pending", 1), Seen::InFlight));
+        assert!(matches!(t.check("unwritten", 1), Seen::Replay(_)));
+        assert_eq!(t.evict_over_bound(), 0, "only written answers leave");
+    }
+
+    #[test]
+    fn expiry_keeps_retention_and_evicted_answers_go_with_their_pages() {
+        let t = Idempotency::new(1000, 2);
+        for ms in [100u64, 200, 1500, 1600] {
+            t.insert(format!("r{ms}"), written(ms));
+        }
+        t.insert("pending".into(), entry(0));
+        assert_eq!(t.evict_over_bound(), 3);
+        assert_eq!((t.len(), t.evicted_len()), (2, 3));
+        assert_eq!(t.expire(1_000_000), 1, "r1600; a pending entry is never dropped");
+        assert!(matches!(t.check("pending", 1), Seen::InFlight));
+        t.pages_pruned_before(1000);
+        assert!(t.evicted_pages("r200").is_empty(), "its page is gone from the store");
+        assert_eq!(t.evicted_pages("r1500"), [1500]);
+        assert_eq!(t.evicted_len(), 1);
     }
 
     #[test]
     fn eviction_goes_down_to_ninety_percent_of_the_bound_oldest_first() {
         let t = Idempotency::new(1000, 10);
         for ms in [50u64, 10, 40, 30, 20, 60, 70, 80, 90, 100, 110, 120] {
-            t.insert(format!("r{ms}"), entry(ms, true));
+            t.insert(format!("r{ms}"), written(ms));
         }
-        let victims: Vec<String> = t.over_bound().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(victims, ["r10", "r20", "r30"], "12 entries, bound 10: down to 9");
+        assert_eq!(t.evict_over_bound(), 3, "12 entries, bound 10: down to 9");
+        let gone: Vec<&str> =
+            ["r10", "r20", "r30", "r40"].into_iter().filter(|k| !t.evicted_pages(k).is_empty()).collect();
+        assert_eq!(gone, ["r10", "r20", "r30"]);
+    }
+
+    #[test]
+    fn restored_answers_fill_memory_up_to_the_bound_newest_first_and_the_rest_is_filed_as_evicted() {
+        use crate::store::embedded::{EmbeddedStore, Synchronous};
+        use crate::store::Batch;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        let mut broken = row("c", 800);
+        broken.outcome = vec![0xff; 3];
+        let older = vec![broken, row("d", 801), row("e", 802)];
+        let older = store.write(&Batch { idempotency: older, ..Batch::default() }).unwrap().answers_page;
+        let newer = vec![row("a", 900), row("b", 901)];
+        let newer = store.write(&Batch { idempotency: newer, ..Batch::default() }).unwrap().answers_page;
+
+        let t = Idempotency::new(1000, 3);
+        assert_eq!(t.restore_from(&mut store, 0).unwrap(), 5);
+        assert!(matches!(t.check("a", 1), Seen::Replay(_)));
+        assert_eq!(t.entries.get("a").unwrap().answer.page(), Some(newer), "kept with its page, to leave memory later");
+        assert!(matches!(t.check("c", 1), Seen::New), "an unreadable answer is reported and skipped");
+        assert!(matches!(t.check("d", 1), Seen::Replay(_)));
+        assert_eq!(t.evicted_pages("e"), [older], "beyond the bound: filed where the store has it");
+        assert_eq!((t.len(), t.evicted_len()), (3, 1));
     }
 
     #[test]

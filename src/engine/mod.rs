@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod cell;
 pub mod clock;
+mod evicted;
 pub mod idempotency;
 mod metering;
 pub mod outcome;
@@ -99,14 +100,6 @@ impl Engine {
         options: EngineOptions,
     ) -> Engine {
         let Restored { accounts, with_holds, recovered } = restored;
-        if recovered.answers_archived {
-            idempotency.mark_evicted();
-        }
-        for row in recovered.idempotency {
-            if let Some(entry) = idem_entry_from_row(&row) {
-                idempotency.insert(row.request_id, entry);
-            }
-        }
         Engine {
             accounts,
             with_holds,
@@ -129,6 +122,11 @@ impl Engine {
         self.accounts.len()
     }
 
+    /// Answers let go of for space: only where the store has them is kept.
+    pub fn answers_evicted(&self) -> usize {
+        self.idempotency.evicted_len()
+    }
+
     /// Resolves when every change made so far is durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.journal.flush().await
@@ -142,22 +140,27 @@ impl Engine {
         self.prices.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Loads an answered request id evicted from memory back from the store, so the check
-    /// under the account lock sees it. Only needed once memory has evicted anything.
+    /// Reads an answer memory let go of back from the store, so the check under the account
+    /// lock sees it. Costs nothing for an id never answered.
     async fn recall(&self, key: &str) -> Result<(), Error> {
-        let Some(lookup) = self.lookup.clone() else {
+        let pages = self.idempotency.evicted_pages(key);
+        let (Some(lookup), false) = (&self.lookup, pages.is_empty()) else {
             return Ok(());
         };
-        if !self.idempotency.may_be_in_store() || self.idempotency.contains(key) {
-            return Ok(());
-        }
-        let k = key.to_string();
-        let row = tokio::task::spawn_blocking(move || lookup.find_request(&k))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(|e| Error::Unavailable(format!("cannot read answered requests from the store: {e}")))?;
-        if let Some(row) = row {
-            if let Some(entry) = idem_entry_from_row(&row) {
+        let (lookup, k) = (lookup.clone(), key.to_string());
+        let found = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            for page in pages {
+                if let Some(row) = lookup.find_answer(&k, page)? {
+                    return Ok(Some((row, page)));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(|e| Error::Unavailable(format!("cannot read answered requests from the store: {e}")))?;
+        if let Some((row, page)) = found {
+            if let Some(entry) = idem_entry_from_row(&row, page) {
                 self.idempotency.insert(row.request_id, entry);
             }
         }
@@ -268,35 +271,14 @@ impl Engine {
         self.accounts.iter().map(|e| e.value().clone()).collect()
     }
 
-    /// Forgets answered request ids past retention (memory and store).
-    ///
-    /// Beyond the memory bound, the oldest answers are archived in the store's index first
-    /// and only then evicted, so a retry never finds neither.
+    /// Forgets answered request ids past retention, and lets the oldest answers beyond the
+    /// memory bound go (the store has them). Memory only, and off the request threads.
     pub async fn sweep_requests(&self) -> usize {
         let idempotency = self.idempotency.clone();
         let now_ms = self.clock.now().wall_ms();
-        let (expired, victims) = crate::background::run(move || (idempotency.expire(now_ms), idempotency.over_bound()))
+        crate::background::run(move || idempotency.expire(now_ms) + idempotency.evict_over_bound())
             .await
-            .unwrap_or_default();
-        // In chunks, so group commits go on between them: the journal writer does both.
-        const CHUNK: usize = 10_000;
-        let mut evicted = 0;
-        for chunk in victims.chunks(CHUNK) {
-            let rows = chunk
-                .iter()
-                .map(|(key, e)| {
-                    let account = idempotency::account_of(key);
-                    idempotency::answer_row(key, account, e.fingerprint, &e.answer, e.created_ms)
-                })
-                .collect();
-            if let Err(e) = self.journal.archive(rows).await {
-                tracing::warn!(error = %e, "could not archive answers; they stay in memory over the bound until the next sweep");
-                break;
-            }
-            self.idempotency.evict(chunk.iter().map(|(k, _)| k.clone()));
-            evicted += chunk.len();
-        }
-        expired + evicted
+            .unwrap_or_default()
     }
 
     /// Asks the store to forget answered request ids past retention.
@@ -377,8 +359,8 @@ pub fn idem_key(account_id: &str, request_id: &str) -> String {
     key
 }
 
-fn idem_entry_from_row(row: &IdemRow) -> Option<IdemEntry> {
-    idempotency::entry_from_row(row)
+fn idem_entry_from_row(row: &IdemRow, page: u64) -> Option<IdemEntry> {
+    idempotency::entry_from_row(row, page)
         .inspect_err(|e| {
             tracing::warn!(request_id = %row.request_id, error = %e, "unreadable stored answer; the id is treated as new")
         })

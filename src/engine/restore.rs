@@ -4,6 +4,7 @@
 //! threads compress while the store reads on.
 
 use super::cell::AccountCell;
+use super::idempotency::Idempotency;
 use super::Map;
 use crate::domain::account::deadline_at;
 use crate::domain::Now;
@@ -20,19 +21,22 @@ pub struct Restored {
 }
 
 impl Restored {
-    /// Reads the accounts, the request ids answered since `idem_since_ms` and the prices.
-    /// `now` places the deadlines of live holds on this process's monotonic clock.
-    pub fn from_store(store: &mut dyn Store, idem_since_ms: u64, now: Now) -> Result<Restored, StoreError> {
+    /// Reads the accounts and the prices, and puts the request ids answered since
+    /// `answers_since_ms` into `answers`. `now` places the deadlines of live holds on this
+    /// process's monotonic clock.
+    pub fn from_store(
+        store: &mut dyn Store,
+        answers: &Idempotency,
+        answers_since_ms: u64,
+        now: Now,
+    ) -> Result<Restored, StoreError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_helpers(store, idem_since_ms, now, cores.min(4) - 1)
+        let restored = Self::with_helpers(store, now, cores.min(4) - 1)?;
+        answers.restore_from(store, answers_since_ms)?;
+        Ok(restored)
     }
 
-    fn with_helpers(
-        store: &mut dyn Store,
-        idem_since_ms: u64,
-        now: Now,
-        helpers: usize,
-    ) -> Result<Restored, StoreError> {
+    fn with_helpers(store: &mut dyn Store, now: Now, helpers: usize) -> Result<Restored, StoreError> {
         let accounts = Map::with_capacity_and_hasher(store.account_count()?, Default::default());
         let table = Table { accounts, with_holds: Map::default(), now };
         if helpers == 0 {
@@ -40,7 +44,7 @@ impl Restored {
         } else {
             table.restore_in_parallel(store, helpers)?;
         }
-        let recovered = store.recover(idem_since_ms)?;
+        let recovered = store.recover()?;
         Ok(Restored { accounts: table.accounts, with_holds: table.with_holds, recovered })
     }
 
@@ -185,8 +189,8 @@ mod tests {
     fn helpers_restore_exactly_what_one_thread_does() {
         let (_dir, mut store) = store_with_accounts(500);
         let now = Now { wall: chrono::Utc::now(), mono_ms: 1_000 };
-        let alone = Restored::with_helpers(&mut store, 0, now, 0).unwrap();
-        let helped = Restored::with_helpers(&mut store, 0, now, 2).unwrap();
+        let alone = Restored::with_helpers(&mut store, now, 0).unwrap();
+        let helped = Restored::with_helpers(&mut store, now, 2).unwrap();
         assert_eq!((alone.account_count(), helped.account_count()), (500, 500));
         assert_eq!((alone.with_holds.len(), helped.with_holds.len()), (50, 50));
         for entry in alone.accounts.iter() {
@@ -207,8 +211,8 @@ mod tests {
         let (_first_dir, mut first) = store_with(200, |a| postcard::to_stdvec(a).unwrap(), made);
         let (_dir, mut current) = store_with(200, encode_account, made);
         let now = Now { wall: made + chrono::Duration::seconds(1), mono_ms: 1_000 };
-        let old = Restored::with_helpers(&mut first, 0, now, 0).unwrap();
-        let new = Restored::with_helpers(&mut current, 0, now, 0).unwrap();
+        let old = Restored::with_helpers(&mut first, now, 0).unwrap();
+        let new = Restored::with_helpers(&mut current, now, 0).unwrap();
         assert_eq!((old.with_holds.len(), new.with_holds.len()), (20, 20));
         for entry in new.accounts.iter() {
             let other = old.accounts.get(entry.key()).expect("restored from the first form too");

@@ -22,7 +22,7 @@ use crate::domain::price::PriceBook;
 use crate::engine::cell::{AccountCell, Pending, Waiter};
 use crate::engine::clock::Clock;
 use crate::engine::idempotency::Idempotency;
-use crate::store::{Batch, IdemRow, Store, StoreError};
+use crate::store::{Batch, Store, StoreError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -48,8 +48,6 @@ enum Msg {
     Flush(Waiter),
     /// Drop answered request ids older than this from the store.
     Prune(u64),
-    /// Index these answers by key before memory lets go of them.
-    Archive(Vec<IdemRow>, Waiter),
     /// Write what is queued, then stop and close the store.
     Stop(Waiter),
 }
@@ -138,15 +136,6 @@ impl Journal {
     /// Asks the writer to forget answered request ids older than `before_ms`.
     pub fn prune_requests(&self, before_ms: u64) {
         let _ = self.tx.send(Msg::Prune(before_ms));
-    }
-
-    /// Indexes answers by key in the store (before memory evicts them).
-    pub async fn archive(&self, rows: Vec<IdemRow>) -> Result<(), StoreError> {
-        let (waiter, done) = oneshot::channel();
-        self.tx
-            .send(Msg::Archive(rows, waiter))
-            .map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?;
-        done.await.map_err(|_| StoreError::Failed("the journal writer has stopped".into()))?
     }
 
     /// Writes what is queued, then stops the writer and closes the store (releasing the
@@ -278,27 +267,27 @@ impl Writer {
             }
             Msg::Flush(waiter) => round.waiters.push(waiter),
             Msg::Prune(before_ms) => match self.store.prune_requests(before_ms) {
-                Ok(n) => tracing::debug!(pruned = n, "forgot answered request ids past retention"),
+                Ok(pruned) => {
+                    self.idempotency.pages_pruned_before(pruned.first_kept_page);
+                    tracing::debug!(pages = pruned.pages, "forgot answered request ids past retention")
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not prune answered request ids; will retry")
                 }
             },
-            Msg::Archive(rows, waiter) => {
-                let _ = waiter.send(self.store.archive_answers(&rows));
-            }
             Msg::Stop(waiter) => round.stop = Some(waiter),
         }
     }
 
     fn write(&mut self, round: &mut Round) {
-        let result = if round.batch.is_empty() { Ok(()) } else { self.store.write(&round.batch) };
+        let result = if round.batch.is_empty() { Ok(Default::default()) } else { self.store.write(&round.batch) };
         let mut settled = Settled::with_capacity(round.pending.len() + round.waiters.len());
         let mut changes = round.pending.len();
         match result {
-            Ok(()) => {
+            Ok(written) => {
                 for p in round.pending.drain(..) {
                     if let Some(pending) = &p.answer {
-                        pending.answer.mark_durable();
+                        pending.answer.written(written.answers_page);
                     }
                     settled.extend(p.waiter.map(|w| (w, Ok(()))));
                 }

@@ -117,21 +117,34 @@ impl Batch {
     }
 }
 
-/// Everything besides the accounts needed to rebuild the engine after a restart (the
-/// accounts stream through `Store::each_account`).
+/// What a write put where, for the engine to find again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The page holding the batch's answers, numbered from 1; 0 when it had none. An answer
+    /// memory lets go of is read back from its page (`RequestLookup::find_answer`).
+    pub answers_page: u64,
+}
+
+/// What pruning answers left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub pages: usize,
+    /// The oldest page still kept (0 when there is none): answers on pages before it are gone.
+    pub first_kept_page: u64,
+}
+
+/// Everything besides the accounts and answers needed to rebuild the engine after a
+/// restart (those stream through `Store::each_account` and `Store::each_answer_page`).
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub idempotency: Vec<IdemRow>,
     pub price_book: PriceBook,
     /// Highest numeric id part seen, so new ids stay above it.
     pub id_floor: u64,
-    /// Some answers live only in the store's index: a miss in memory must ask it.
-    pub answers_archived: bool,
 }
 
 pub trait Store: Send + 'static {
-    /// Writes a batch atomically: all of it or none of it.
-    fn write(&mut self, batch: &Batch) -> Result<(), StoreError>;
+    /// Writes a batch atomically: all of it or none of it. Its answers go on one new page.
+    fn write(&mut self, batch: &Batch) -> Result<Written, StoreError>;
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError>;
     /// About how many accounts are stored (never fewer), to size the engine's map before
     /// they stream in.
@@ -139,19 +152,26 @@ pub trait Store: Send + 'static {
     /// Hands every stored account's newest state (`encode_account` bytes) to `each` as it
     /// is read, each account once, so start-up never holds a second copy of all of them.
     fn each_account(&mut self, each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>) -> Result<(), StoreError>;
-    /// Loads the request ids answered since `idem_since_ms`, and the prices.
-    fn recover(&mut self, idem_since_ms: u64) -> Result<Recovered, StoreError>;
-    /// Deletes request ids answered before `before_ms`.
-    fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError>;
-    /// Indexes answers by key before memory lets go of them, so `RequestLookup` finds them.
-    fn archive_answers(&mut self, rows: &[IdemRow]) -> Result<(), StoreError>;
+    /// Hands the pages of answers that hold any answered since `since_ms` to `each`, newest
+    /// page first, with those answers.
+    fn each_answer_page(
+        &mut self,
+        since_ms: u64,
+        each: &mut dyn FnMut(u64, Vec<IdemRow>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Loads the prices and where ids start.
+    fn recover(&mut self) -> Result<Recovered, StoreError>;
+    /// Deletes the pages of answers whose newest is older than `before_ms`, but never the
+    /// newest page, so page numbers never start over.
+    fn prune_requests(&mut self, before_ms: u64) -> Result<Pruned, StoreError>;
     /// The ledger from the commit after `after_seq` on, at most `limit` commits.
     fn read_journal(&mut self, after_seq: u64, limit: usize) -> Result<Vec<JournalChunk>, StoreError>;
 }
 
-/// Looks up an answered request id off the writer's connection (for ids evicted from memory).
+/// Reads an answer back off the writer's connection (for answers evicted from memory).
 pub trait RequestLookup: Send + Sync + 'static {
-    fn find_request(&self, request_id: &str) -> Result<Option<IdemRow>, StoreError>;
+    /// The answer to `request_id` on `page`, if the page is still there and holds it.
+    fn find_answer(&self, request_id: &str, page: u64) -> Result<Option<IdemRow>, StoreError>;
 }
 
 #[cfg(test)]

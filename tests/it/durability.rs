@@ -220,7 +220,7 @@ struct FlakyStore {
 }
 
 impl creditd::store::Store for FlakyStore {
-    fn write(&mut self, batch: &creditd::store::Batch) -> Result<(), creditd::store::StoreError> {
+    fn write(&mut self, batch: &creditd::store::Batch) -> Result<creditd::store::Written, creditd::store::StoreError> {
         while self.stalled.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -244,14 +244,18 @@ impl creditd::store::Store for FlakyStore {
     ) -> Result<(), creditd::store::StoreError> {
         self.inner.each_account(each)
     }
-    fn recover(&mut self, since_ms: u64) -> Result<creditd::store::Recovered, creditd::store::StoreError> {
-        self.inner.recover(since_ms)
+    fn each_answer_page(
+        &mut self,
+        since_ms: u64,
+        each: &mut dyn FnMut(u64, Vec<creditd::store::IdemRow>) -> Result<(), creditd::store::StoreError>,
+    ) -> Result<(), creditd::store::StoreError> {
+        self.inner.each_answer_page(since_ms, each)
     }
-    fn prune_requests(&mut self, before_ms: u64) -> Result<usize, creditd::store::StoreError> {
+    fn recover(&mut self) -> Result<creditd::store::Recovered, creditd::store::StoreError> {
+        self.inner.recover()
+    }
+    fn prune_requests(&mut self, before_ms: u64) -> Result<creditd::store::Pruned, creditd::store::StoreError> {
         self.inner.prune_requests(before_ms)
-    }
-    fn archive_answers(&mut self, rows: &[creditd::store::IdemRow]) -> Result<(), creditd::store::StoreError> {
-        self.inner.archive_answers(rows)
     }
     fn read_journal(
         &mut self,
@@ -276,8 +280,8 @@ async fn engine_over_flaky_store(
         creditd::store::embedded::EmbeddedStore::open(dir, creditd::store::embedded::Synchronous::Full).unwrap();
     let switches = Switches::default();
     let clock = Arc::new(creditd::engine::clock::ManualClock::new(t0()));
-    let restored = creditd::engine::Restored::from_store(&mut inner, 0, clock.now()).unwrap();
     let idem = Arc::new(Idempotency::new(86_400_000, 1000));
+    let restored = creditd::engine::Restored::from_store(&mut inner, &idem, 0, clock.now()).unwrap();
     let store = FlakyStore { inner, failing: switches.failing.clone(), stalled: switches.stalled.clone() };
     let (journal, _writer) = Journal::start(Box::new(store), idem.clone(), clock.clone(), options);
     let engine = Engine::new(restored, journal, idem, None, clock, EngineOptions::default());

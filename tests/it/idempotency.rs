@@ -570,3 +570,55 @@ async fn a_request_id_repeated_inside_a_batch_is_charged_once() {
     assert_eq!((b.balance.as_str(), b.cycle_spend.as_str()), ("98", "2"), "charged once");
     assert_eq!(s.deduct_req(req).await.unwrap(), as_replay(&first));
 }
+
+/// Answers leave memory beyond `limits.idempotency_max_entries` while retries of them keep
+/// arriving: each retry finds the answer in memory or in the store, and each request is
+/// charged once, also after a restart.
+#[tokio::test]
+async fn retries_racing_the_memory_bound_are_charged_once() {
+    let s = TestServer::start_with(|c| {
+        c.limits.idempotency_max_entries = 8;
+        c.sweep.requests_interval_ms = 1;
+    })
+    .await;
+    s.account_with("acme", "1000").await;
+    s.price("op", "1", 1).await;
+    let requests: Vec<pb::CheckAndDeductRequest> = (0..120).map(|_| deduct_request("acme", "op", 1)).collect();
+    let mut calls = tokio::task::JoinSet::new();
+    for round in 0..3 {
+        for req in &requests {
+            let (client, req) = (s.metering(), req.clone());
+            calls.spawn(async move {
+                let mut client = client;
+                tokio::time::sleep(Duration::from_millis(round * 15)).await;
+                loop {
+                    match client.check_and_deduct(req.clone()).await {
+                        Err(e) if e.code() == Code::Unavailable => tokio::time::sleep(Duration::from_millis(2)).await,
+                        other => return (req.request_id.clone(), other.map(|r| r.into_inner())),
+                    }
+                }
+            });
+        }
+    }
+    let mut first: std::collections::HashMap<String, String> = Default::default();
+    while let Some(joined) = calls.join_next().await {
+        let (rid, answer) = joined.unwrap();
+        let answer = answer.expect("every call and retry is answered");
+        assert!(allowed(&answer));
+        let entry = first.entry(rid).or_insert_with(|| answer.ledger_entry_id.clone());
+        assert_eq!(*entry, answer.ledger_entry_id, "a retry gets the first answer");
+    }
+    assert_eq!(first.len(), 120);
+    assert_eq!(s.balance("acme").await.balance, "880", "120 requests, charged once each");
+    let engine = s.running.as_ref().unwrap().engine.clone();
+    assert!(engine.answers_evicted() > 0, "the bound let answers go during the run");
+
+    let s = s.restart().await;
+    for req in &requests {
+        let again = s.deduct_req(req.clone()).await.unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.ledger_entry_id, first[&req.request_id]);
+    }
+    assert_eq!(s.balance("acme").await.balance, "880");
+    assert_eq!(s.ledger().iter().filter(|e| e.action == "op").count(), 120, "one ledger entry per request");
+}

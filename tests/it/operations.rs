@@ -117,10 +117,24 @@ async fn answers_evicted_from_memory_are_found_in_the_store() {
     let engine = s.running.as_ref().unwrap().engine.clone();
     engine.flush().await.unwrap();
     assert!(engine.sweep_requests().await > 0, "the memory bound evicted answers");
-    let again = s.deduct_req(first).await.unwrap();
+    let again = s.deduct_req(first.clone()).await.unwrap();
     assert!(again.replayed, "the evicted answer came back from the store");
     assert_eq!(again.ledger_entry_id, answer.ledger_entry_id);
+    let mut other_arguments = first.clone();
+    other_arguments.quantity = 2;
+    let reused = s.deduct_req(other_arguments).await.expect_err("an evicted id reused with other arguments");
+    assert_eq!(reused.code(), tonic::Code::AlreadyExists, "{reused:?}");
     assert_eq!(s.balance("acme").await.balance, "94");
+
+    // After a restart only the newest answers are taken back into memory; the rest are
+    // read from the store when asked for, and never charged twice.
+    let s = s.restart().await;
+    let engine = s.running.as_ref().unwrap().engine.clone();
+    engine.flush().await.unwrap();
+    let again = s.deduct_req(first).await.unwrap();
+    assert!(again.replayed && again.ledger_entry_id == answer.ledger_entry_id);
+    assert!(allowed(&s.deduct("acme", "op", 1).await), "a new id is charged");
+    assert_eq!(s.balance("acme").await.balance, "93");
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ mod tests;
 pub use reader::EmbeddedReader;
 
 use super::account_log::AccountLog;
-use super::{decode_account, Batch, IdemRow, JournalChunk, Recovered, Store, StoreError};
+use super::{decode_account, Batch, IdemRow, JournalChunk, Pruned, Recovered, Store, StoreError, Written};
 use crate::domain::account::Account;
 use crate::domain::ids::id_number;
 use fs4::fs_std::FileExt;
@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/embedded/0001_init.sql"),
     include_str!("../../../migrations/embedded/0002_account_log.sql"),
+    include_str!("../../../migrations/embedded/0003_answers_by_page.sql"),
 ];
 const DB_FILE: &str = "creditd.db";
 const PAGE_SIZE: i64 = 2048;
@@ -140,7 +141,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 impl Store for EmbeddedStore {
-    fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+    fn write(&mut self, batch: &Batch) -> Result<Written, StoreError> {
         let high_id_before = self.high_id;
         let log_seq = self.log.next_seq();
         let tx = self.conn.transaction()?;
@@ -178,10 +179,12 @@ impl Store for EmbeddedStore {
                 tx.prepare_cached("INSERT INTO journal (written_ms, high_id, entries) VALUES (?1, ?2, ?3)")?
                     .execute(params![now_ms, high_id as i64, self.buf])?;
             }
+            let mut written = Written::default();
             if let Some(newest_ms) = batch.idempotency.iter().map(|r| r.created_ms).max() {
                 encode_into(&mut self.buf, &batch.idempotency);
                 tx.prepare_cached("INSERT INTO answers (newest_ms, rows) VALUES (?1, ?2)")?
                     .execute(params![newest_ms as i64, self.buf])?;
+                written.answers_page = tx.last_insert_rowid() as u64;
             }
             self.high_id = high_id;
             let mut put_audit = tx.prepare_cached(
@@ -207,15 +210,15 @@ impl Store for EmbeddedStore {
                     params![serde_json::to_string(book.as_ref())?],
                 )?;
             }
-            (checkpoint, logged)
+            (checkpoint, logged, written)
         };
         tx.commit().inspect_err(|_| self.high_id = high_id_before)?;
-        let (checkpoint, logged) = checkpoint;
+        let (checkpoint, logged, written) = checkpoint;
         self.log.checkpointed(checkpoint);
         if logged > 0 {
             self.log.append(log_seq, logged, batch.accounts.iter().cloned());
         }
-        Ok(())
+        Ok(written)
     }
 
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError> {
@@ -249,65 +252,59 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
-    fn recover(&mut self, idem_since_ms: u64) -> Result<Recovered, StoreError> {
-        let mut out = Recovered::default();
-        let mut stmt = self.conn.prepare("SELECT rows FROM answers WHERE newest_ms >= ?1 ORDER BY seq")?;
-        let blobs = stmt.query_map([idem_since_ms as i64], |r| r.get::<_, Vec<u8>>(0))?;
-        for blob in blobs {
-            let rows: Vec<IdemRow> = decode(&blob?, "answers")?;
-            out.idempotency.extend(rows.into_iter().filter(|r| r.created_ms >= idem_since_ms));
+    fn each_answer_page(
+        &mut self,
+        since_ms: u64,
+        each: &mut dyn FnMut(u64, Vec<IdemRow>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare("SELECT seq, rows FROM answers WHERE newest_ms >= ?1 ORDER BY seq DESC")?;
+        let mut pages = stmt.query([since_ms as i64])?;
+        while let Some(page) = pages.next()? {
+            let corrupt = |e: rusqlite::types::FromSqlError| StoreError::Corrupt(format!("answers row: {e}"));
+            let mut rows: Vec<IdemRow> = decode(page.get_ref(1)?.as_blob().map_err(corrupt)?, "answers")?;
+            rows.retain(|r| r.created_ms >= since_ms);
+            each(page.get::<_, i64>(0)? as u64, rows)?;
         }
+        Ok(())
+    }
+
+    fn recover(&mut self) -> Result<Recovered, StoreError> {
+        let mut out = Recovered::default();
         let book: Option<String> =
             self.conn.query_row("SELECT value FROM settings WHERE key = 'price_book'", [], |r| r.get(0)).optional()?;
         if let Some(book) = book {
             out.price_book = serde_json::from_str(&book)?;
         }
-        out.answers_archived = self.conn.query_row("SELECT EXISTS (SELECT 1 FROM requests)", [], |r| r.get(0))?;
         out.id_floor = self.high_id;
         Ok(out)
     }
 
-    /// Deletes answer rows from the oldest on, a chunk at a time, so the writer is never held
-    /// long and a prune with nothing to do costs one row read. Returns the number of rows
-    /// deleted. The archive is small (only what memory evicted) and is pruned in one statement.
-    fn prune_requests(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+    /// Deletes pages from the oldest on, a chunk at a time, so the writer is never held long
+    /// and a prune with nothing to do costs one row read.
+    fn prune_requests(&mut self, before_ms: u64) -> Result<Pruned, StoreError> {
         const CHUNK: i64 = 10_000;
-        let before = before_ms as i64;
-        let mut pruned = self.conn.execute("DELETE FROM requests WHERE created_ms < ?1", [before])?;
+        let mut pages = 0;
         loop {
             let oldest: Option<i64> = self
                 .conn
                 .query_row("SELECT newest_ms FROM answers ORDER BY seq LIMIT 1", [], |r| r.get(0))
                 .optional()?;
-            if oldest.is_none_or(|ms| ms >= before) {
-                return Ok(pruned);
+            if oldest.is_none_or(|ms| ms >= before_ms as i64) {
+                break;
             }
             let n = self.conn.execute(
-                "DELETE FROM answers WHERE seq IN (SELECT seq FROM answers ORDER BY seq LIMIT ?1) AND newest_ms < ?2",
-                params![CHUNK, before],
+                "DELETE FROM answers WHERE seq IN (SELECT seq FROM answers ORDER BY seq LIMIT ?1)
+                   AND newest_ms < ?2 AND seq < (SELECT max(seq) FROM answers)",
+                params![CHUNK, before_ms as i64],
             )?;
-            pruned += n;
+            pages += n;
             if n == 0 {
-                return Ok(pruned);
+                break;
             }
         }
-    }
-
-    fn archive_answers(&mut self, rows: &[IdemRow]) -> Result<(), StoreError> {
-        let mut sorted: Vec<&IdemRow> = rows.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.request_id.cmp(&b.request_id)); // neighbouring pages
-        let tx = self.conn.transaction()?;
-        {
-            let mut put = tx.prepare_cached(
-                "INSERT OR REPLACE INTO requests (key, account_id, fingerprint, outcome, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for r in sorted {
-                put.execute(params![r.request_id, r.account_id, r.fingerprint as i64, r.outcome, r.created_ms as i64])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        let first_kept_page =
+            self.conn.query_row("SELECT coalesce(min(seq), 0) FROM answers", [], |r| r.get::<_, i64>(0))? as u64;
+        Ok(Pruned { pages, first_kept_page })
     }
 
     fn read_journal(&mut self, after_seq: u64, limit: usize) -> Result<Vec<JournalChunk>, StoreError> {

@@ -1,11 +1,11 @@
 //! Read-only lookups off the writer's connection (WAL lets a second connection read).
 
-use super::rows::read_journal;
+use super::rows::{decode, read_journal};
 use crate::store::{IdemRow, JournalChunk, RequestLookup, StoreError};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::Path;
 
-/// Read-only lookups for the request path (answered request ids evicted from memory).
+/// Read-only lookups for the request path (answers evicted from memory).
 pub struct EmbeddedReader {
     conn: std::sync::Mutex<Connection>,
 }
@@ -24,27 +24,12 @@ impl EmbeddedReader {
 }
 
 impl RequestLookup for EmbeddedReader {
-    fn find_request(&self, request_id: &str) -> Result<Option<IdemRow>, StoreError> {
-        find_request(&self.conn.lock().unwrap_or_else(|p| p.into_inner()), request_id)
+    fn find_answer(&self, request_id: &str, page: u64) -> Result<Option<IdemRow>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let rows: Option<Vec<u8>> =
+            conn.query_row("SELECT rows FROM answers WHERE seq = ?1", [page as i64], |r| r.get(0)).optional()?;
+        let Some(rows) = rows else { return Ok(None) };
+        let rows: Vec<IdemRow> = decode(&rows, "answers")?;
+        Ok(rows.into_iter().find(|r| r.request_id == request_id))
     }
-}
-
-fn find_request(conn: &Connection, request_id: &str) -> Result<Option<IdemRow>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT key, account_id, fingerprint, outcome, created_ms FROM requests WHERE key = ?1",
-            [request_id],
-            row_to_idem,
-        )
-        .optional()?)
-}
-
-fn row_to_idem(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdemRow> {
-    Ok(IdemRow {
-        request_id: r.get(0)?,
-        account_id: r.get(1)?,
-        fingerprint: r.get::<_, i64>(2)? as u64,
-        outcome: r.get(3)?,
-        created_ms: r.get::<_, i64>(4)? as u64,
-    })
 }

@@ -86,6 +86,18 @@ fn states_move_from_the_log_to_the_table_and_read_back_the_same() {
     assert_eq!(store.load_account("a").unwrap().unwrap().display_name, "v50");
 }
 
+/// The pages `each_answer_page` hands over since `since_ms`, with their request ids.
+fn answer_pages(store: &mut EmbeddedStore, since_ms: u64) -> Vec<(u64, Vec<String>)> {
+    let mut pages = Vec::new();
+    store
+        .each_answer_page(since_ms, &mut |page, rows| {
+            pages.push((page, rows.into_iter().map(|r| r.request_id).collect()));
+            Ok(())
+        })
+        .unwrap();
+    pages
+}
+
 #[test]
 fn prune_forgets_only_answers_past_retention() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,25 +105,62 @@ fn prune_forgets_only_answers_past_retention() {
     for i in 1..=5 {
         store.write(&Batch { idempotency: vec![answered(&format!("r{i}"), i * 100)], ..Batch::default() }).unwrap();
     }
-    assert_eq!(store.prune_requests(50).unwrap(), 0);
-    assert_eq!(store.prune_requests(350).unwrap(), 3, "one commit's row each");
-    let recovered = store.recover(0).unwrap();
-    assert_eq!(recovered.idempotency.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["r4", "r5"]);
-    assert!(!recovered.answers_archived);
+    assert_eq!(store.prune_requests(50).unwrap(), Pruned { pages: 0, first_kept_page: 1 });
+    assert_eq!(store.prune_requests(350).unwrap(), Pruned { pages: 3, first_kept_page: 4 }, "a page per commit");
+    let pages = answer_pages(&mut store, 0);
+    assert_eq!(pages, [(5, vec!["r5".to_string()]), (4, vec!["r4".to_string()])], "newest page first");
+
+    // The newest page stays, so the next is numbered after it, not from 1 again.
+    assert_eq!(store.prune_requests(u64::MAX >> 1).unwrap(), Pruned { pages: 1, first_kept_page: 5 });
+    let next = store.write(&Batch { idempotency: vec![answered("r6", 600)], ..Batch::default() }).unwrap();
+    assert_eq!(next.answers_page, 6);
 }
 
 #[test]
-fn archived_answers_are_found_by_key_until_pruned() {
+fn each_commit_puts_its_answers_on_a_page_where_they_are_found_until_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
-    store.archive_answers(&[answered("b", 100), answered("a", 200)]).unwrap();
+    let first = store.write(&Batch { idempotency: vec![answered("b", 100), answered("a", 200)], ..Batch::default() });
+    let none = store.write(&Batch { entries: Vec::new(), accounts: Vec::new(), ..Batch::default() });
+    let second = store.write(&Batch { idempotency: vec![answered("c", 300)], ..Batch::default() });
+    let (first, second) = (first.unwrap().answers_page, second.unwrap().answers_page);
+    assert_eq!(none.unwrap().answers_page, 0, "a commit without answers has no page");
+    assert!(first > 0 && second > first, "pages are numbered from 1, in commit order: {first}, {second}");
+
     let reader = EmbeddedStore::reader(dir.path()).unwrap();
     use crate::store::RequestLookup;
-    assert_eq!(reader.find_request("a").unwrap().unwrap().created_ms, 200);
-    assert!(store.recover(0).unwrap().answers_archived);
-    store.prune_requests(150).unwrap();
-    assert!(reader.find_request("b").unwrap().is_none());
-    assert!(reader.find_request("a").unwrap().is_some());
+    assert_eq!(reader.find_answer("a", first).unwrap().unwrap().created_ms, 200);
+    assert!(reader.find_answer("a", second).unwrap().is_none(), "only on its own page");
+    assert!(reader.find_answer("zz", first).unwrap().is_none());
+    assert_eq!(answer_pages(&mut store, 250), [(second, vec!["c".to_string()])], "only answers since then");
+    assert_eq!(
+        answer_pages(&mut store, 150),
+        [(second, vec!["c".to_string()]), (first, vec!["a".to_string()])],
+        "an older answer on a page that is kept is left out too"
+    );
+    store.prune_requests(250).unwrap();
+    assert!(reader.find_answer("a", first).unwrap().is_none(), "its page is past retention");
+    assert!(reader.find_answer("c", second).unwrap().is_some());
+}
+
+#[test]
+fn a_store_that_indexed_evicted_answers_drops_the_index_and_keeps_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(EmbeddedStore::path(dir.path())).unwrap();
+        for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64).unwrap();
+        }
+        let rows = postcard::to_stdvec(&vec![answered("a", 100)]).unwrap();
+        conn.execute("INSERT INTO answers (newest_ms, rows) VALUES (100, ?1)", [rows]).unwrap();
+        conn.execute("INSERT INTO requests VALUES ('a', 'a', 7, x'0102', 100)", []).unwrap();
+    }
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    let tables: i64 =
+        store.conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'requests'", [], |r| r.get(0)).unwrap();
+    assert_eq!(tables, 0);
+    assert_eq!(answer_pages(&mut store, 0), [(1, vec!["a".to_string()])]);
 }
 
 #[test]
@@ -131,7 +180,7 @@ fn the_journal_reads_back_in_commit_order_and_new_ids_start_above_it() {
         store.write(&Batch { entries: vec![early.clone()], ..Batch::default() }).unwrap();
     }
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
-    assert_eq!(store.recover(0).unwrap().id_floor, high);
+    assert_eq!(store.recover().unwrap().id_floor, high);
     let chunks = store.read_journal(0, 10).unwrap();
     let read: Vec<&LedgerEntry> = chunks.iter().flat_map(|c| &c.entries).collect();
     assert_eq!(read, [&late, &early]);
@@ -153,8 +202,8 @@ fn new_stores_use_small_pages_and_older_ones_keep_theirs() {
     }
     let mut store = EmbeddedStore::open(older.path(), Synchronous::Normal).unwrap();
     assert_eq!(page_size(&store).unwrap(), 4096);
-    store.archive_answers(&[answered("a", 100)]).unwrap();
-    assert!(store.recover(0).unwrap().answers_archived);
+    let written = store.write(&Batch { idempotency: vec![answered("a", 100)], ..Batch::default() }).unwrap();
+    assert_eq!(answer_pages(&mut store, 0), [(written.answers_page, vec!["a".to_string()])]);
 }
 
 #[test]

@@ -1,0 +1,169 @@
+//! Where the store keeps each answer memory let go of (see `idempotency`): 8 bytes an
+//! answer, against about 220 for one kept whole, so a day of answers beyond the memory
+//! bound still fits, and an id never answered is told apart without asking the store.
+//!
+//! An answer is filed under a hash of its key, seeded per process (this is rebuilt at
+//! start-up, and clients cannot choose ids that pile into one bucket): the top bits pick a
+//! bucket, the next 32 are kept as its tag, beside the low 32 bits of its page number.
+//! Two keys may share a tag, so a lookup returns every page that may hold the key and
+//! the store has the last word; a true answer is never missed.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock};
+
+const BUCKET_BITS: u32 = 12;
+
+/// One evicted answer. Ordered by tag, so a bucket is searched by bisection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Tomb {
+    tag: u32,
+    /// The low 32 bits of the page number: every page within retention is less than 2^32
+    /// pages older than the newest, which restores the rest.
+    page: u32,
+}
+
+#[derive(Default)]
+pub struct Evicted {
+    /// Sorted by tag. Allocated at the first eviction: most servers never evict.
+    buckets: OnceLock<Box<[RwLock<Vec<Tomb>>]>>,
+    hasher: foldhash::quality::RandomState,
+    newest_page: AtomicU64,
+    len: AtomicUsize,
+    /// Buckets are rebuilt, then swapped in: one writer at a time, so none is lost.
+    writing: Mutex<()>,
+}
+
+impl Evicted {
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pages that may hold the answer to `key`; empty, without a lock, until anything
+    /// was evicted.
+    pub fn pages(&self, key: &str) -> Vec<u64> {
+        let Some(buckets) = self.buckets.get() else { return Vec::new() };
+        let (bucket, tag) = self.locate(key);
+        let bucket = buckets[bucket].read().unwrap_or_else(|p| p.into_inner());
+        let from = bucket.partition_point(|t| t.tag < tag);
+        let newest = self.newest_page.load(Ordering::Acquire);
+        bucket[from..].iter().take_while(|t| t.tag == tag).map(|t| full_page(newest, t.page)).collect()
+    }
+
+    /// Files answers (key, page) memory is letting go of.
+    pub fn insert<'k>(&self, answers: impl IntoIterator<Item = (&'k str, u64)>) {
+        let mut filed: Vec<(usize, Tomb)> = Vec::new();
+        let mut newest = 0;
+        for (key, page) in answers {
+            let (bucket, tag) = self.locate(key);
+            filed.push((bucket, Tomb { tag, page: page as u32 }));
+            newest = newest.max(page);
+        }
+        if filed.is_empty() {
+            return;
+        }
+        filed.sort_unstable();
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        self.newest_page.fetch_max(newest, Ordering::AcqRel);
+        let buckets = self.buckets.get_or_init(|| (0..1 << BUCKET_BITS).map(|_| RwLock::default()).collect());
+        for chunk in filed.chunk_by(|a, b| a.0 == b.0) {
+            let lock = &buckets[chunk[0].0];
+            let old = lock.read().unwrap_or_else(|p| p.into_inner());
+            let mut merged = Vec::with_capacity(old.len() + chunk.len());
+            merged.extend_from_slice(&old);
+            drop(old);
+            merged.extend(chunk.iter().map(|(_, t)| *t));
+            merged.sort_unstable(); // two sorted runs: close to linear
+            *lock.write().unwrap_or_else(|p| p.into_inner()) = merged;
+        }
+        self.len.fetch_add(filed.len(), Ordering::Relaxed);
+    }
+
+    /// Forgets answers on pages the store no longer has (`first_kept` is its oldest).
+    pub fn forget_pages_before(&self, first_kept: u64) {
+        let Some(buckets) = self.buckets.get() else { return };
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = self.newest_page.load(Ordering::Acquire);
+        let mut forgotten = 0;
+        for lock in buckets.iter() {
+            let bucket = lock.read().unwrap_or_else(|p| p.into_inner());
+            let gone = bucket.iter().filter(|t| full_page(newest, t.page) < first_kept).count();
+            if gone == 0 {
+                continue;
+            }
+            let kept: Vec<Tomb> = bucket.iter().filter(|t| full_page(newest, t.page) >= first_kept).copied().collect();
+            drop(bucket);
+            *lock.write().unwrap_or_else(|p| p.into_inner()) = kept;
+            forgotten += gone;
+        }
+        self.len.fetch_sub(forgotten, Ordering::Relaxed);
+    }
+
+    fn locate(&self, key: &str) -> (usize, u32) {
+        let hash = self.hasher.hash_one(key);
+        ((hash >> (64 - BUCKET_BITS)) as usize, hash as u32)
+    }
+}
+
+/// The page number whose low 32 bits are `low`, at or below `newest`.
+fn full_page(newest: u64, low: u32) -> u64 {
+    newest - u64::from((newest as u32).wrapping_sub(low))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_evicted_answer_is_found_on_its_page_and_others_are_not_found() {
+        let e = Evicted::default();
+        assert!(e.pages("a").is_empty() && e.buckets.get().is_none(), "nothing allocated before an eviction");
+        e.insert([("a", 7), ("b", 9)]);
+        e.insert([("c", 9)]);
+        assert_eq!((e.pages("a"), e.pages("b"), e.pages("c")), (vec![7], vec![9], vec![9]));
+        assert!(e.pages("never-answered").is_empty());
+        assert_eq!(e.len(), 3);
+    }
+
+    #[test]
+    fn keys_sharing_a_tag_return_every_page_that_may_hold_them() {
+        let e = Evicted::default();
+        let (bucket, tag) = e.locate("a");
+        e.insert([("a", 3)]);
+        // Another key filed under the same bucket and tag (as a hash collision would).
+        let buckets = e.buckets.get().unwrap();
+        let mut b = buckets[bucket].write().unwrap();
+        b.push(Tomb { tag, page: 2 });
+        b.sort_unstable();
+        drop(b);
+        let mut pages = e.pages("a");
+        pages.sort_unstable();
+        assert_eq!(pages, [2, 3]);
+    }
+
+    #[test]
+    fn page_numbers_past_32_bits_come_back_whole() {
+        let e = Evicted::default();
+        let base = (1u64 << 32) - 2;
+        e.insert([("old", base), ("wrapped", base + 5)]);
+        assert_eq!(e.pages("old"), [base]);
+        assert_eq!(e.pages("wrapped"), [base + 5]);
+        assert_eq!(full_page(base + 5, base as u32), base);
+    }
+
+    #[test]
+    fn pages_the_store_pruned_are_forgotten() {
+        let e = Evicted::default();
+        let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+        e.insert(keys.iter().zip(0..).map(|(k, i)| (k.as_str(), 1 + i / 100)));
+        e.forget_pages_before(6);
+        assert_eq!(e.len(), 500);
+        assert!(e.pages("k499").is_empty());
+        assert_eq!(e.pages("k500"), [6]);
+        assert_eq!(e.pages("k999"), [10]);
+    }
+}
