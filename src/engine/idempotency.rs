@@ -97,6 +97,8 @@ pub fn entry_from_row(row: &IdemRow, page: u64) -> Result<IdemEntry, postcard::E
 /// What a lookup found.
 pub enum Seen {
     New,
+    /// Not in memory, and one of these pages of the store may hold the answer.
+    Evicted(Vec<u64>),
     Replay(Arc<Answered>),
     Mismatch,
     InFlight,
@@ -120,7 +122,10 @@ impl Idempotency {
 
     pub fn check(&self, request_id: &str, fingerprint: u64) -> Seen {
         match self.entries.get(request_id) {
-            None => Seen::New,
+            None => match self.evicted.pages(request_id) {
+                pages if pages.is_empty() => Seen::New,
+                pages => Seen::Evicted(pages),
+            },
             Some(e) if e.fingerprint != fingerprint => Seen::Mismatch,
             Some(e) if !e.answer.is_durable() => Seen::InFlight,
             Some(e) => Seen::Replay(e.answer.clone()),
@@ -312,7 +317,8 @@ mod tests {
         assert_eq!(t.evict_over_bound(), 3, "6 entries, bound 3: down to 3, the oldest written first");
         assert_eq!(t.len(), 3);
         for (key, page) in [("r100", 100), ("r200", 200), ("r300", 300)] {
-            assert!(matches!(t.check(key, 1), Seen::New), "{key} left memory");
+            let left = matches!(t.check(key, 1), Seen::Evicted(pages) if pages == [page]);
+            assert!(left, "{key} left memory, and a check says where it is rather than take the id as new");
             assert_eq!(t.evicted_pages(key), [page], "and memory knows where the store has it");
         }
         assert!(t.evicted_pages("r5000").is_empty(), "still in memory");

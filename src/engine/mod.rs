@@ -140,25 +140,24 @@ impl Engine {
         self.prices.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Reads an answer memory let go of back from the store, so the check under the account
-    /// lock sees it. Costs nothing for an id never answered.
+    /// Reads an answer memory let go of back from the store, off the request thread, so the
+    /// check under the account lock sees it. Costs nothing for an id never answered.
     async fn recall(&self, key: &str) -> Result<(), Error> {
         let pages = self.idempotency.evicted_pages(key);
         let (Some(lookup), false) = (&self.lookup, pages.is_empty()) else {
             return Ok(());
         };
         let (lookup, k) = (lookup.clone(), key.to_string());
-        let found = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            for page in pages {
-                if let Some(row) = lookup.find_answer(&k, page)? {
-                    return Ok(Some((row, page)));
-                }
-            }
-            Ok(None)
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .map_err(|e| Error::Unavailable(format!("cannot read answered requests from the store: {e}")))?;
+        let found = tokio::task::spawn_blocking(move || find_evicted(lookup.as_ref(), &k, &pages))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.take_back(found)
+    }
+
+    /// Puts an answer read back from the store into memory again.
+    fn take_back(&self, found: Result<Option<(IdemRow, u64)>, StoreError>) -> Result<(), Error> {
+        let found =
+            found.map_err(|e| Error::Unavailable(format!("cannot read answered requests from the store: {e}")))?;
         if let Some((row, page)) = found {
             if let Some(entry) = idem_entry_from_row(&row, page) {
                 self.idempotency.insert(row.request_id, entry);
@@ -196,8 +195,15 @@ impl Engine {
 
     /// Looks a request id up under the account's lock.
     fn seen(&self, key: &str, fingerprint: u64) -> Result<Option<Arc<Answered>>, Error> {
-        match self.idempotency.check(key, fingerprint) {
-            Seen::New => Ok(None),
+        let mut seen = self.idempotency.check(key, fingerprint);
+        if let (Seen::Evicted(pages), Some(lookup)) = (&seen, &self.lookup) {
+            // The answer left memory after `recall` looked (or another key shares its tag):
+            // read the store here, once in a long while, rather than charge twice.
+            self.take_back(find_evicted(lookup.as_ref(), key, pages))?;
+            seen = self.idempotency.check(key, fingerprint);
+        }
+        match seen {
+            Seen::New | Seen::Evicted(_) => Ok(None),
             Seen::Replay(answer) => Ok(Some(answer)),
             Seen::Mismatch => Err(Error::AlreadyExists(
                 "request_id was already used with different arguments; use a new request_id for a new operation".into(),
@@ -359,6 +365,16 @@ pub fn idem_key(account_id: &str, request_id: &str) -> String {
     key
 }
 
+/// The answer to `key` on the first of `pages` that holds it.
+fn find_evicted(lookup: &dyn RequestLookup, key: &str, pages: &[u64]) -> Result<Option<(IdemRow, u64)>, StoreError> {
+    for &page in pages {
+        if let Some(row) = lookup.find_answer(key, page)? {
+            return Ok(Some((row, page)));
+        }
+    }
+    Ok(None)
+}
+
 fn idem_entry_from_row(row: &IdemRow, page: u64) -> Option<IdemEntry> {
     idempotency::entry_from_row(row, page)
         .inspect_err(|e| {
@@ -377,4 +393,38 @@ async fn settle<T>(durable: Durable, answer: Answer<T>) -> Result<Answer<T>, Err
         }
     }
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::JournalOptions;
+    use crate::store::embedded::{EmbeddedStore, Synchronous};
+    use crate::store::{Batch, Store};
+    use clock::SystemClock;
+
+    /// The answer to `acme`'s request `r1` only in the store (memory keeps none in full),
+    /// as when it leaves memory between `recall` and the check under the account lock.
+    #[tokio::test]
+    async fn a_check_under_the_lock_reads_an_evicted_answer_rather_than_charge_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+        let key = idem_key("acme", "r1");
+        let answer = Answered::new(&Outcome::AccountChanged, true);
+        let row = idempotency::answer_row(&key, "acme", 42, &answer, SystemClock::new().now().wall_ms());
+        store.write(&Batch { idempotency: vec![row], ..Batch::default() }).unwrap();
+        let idempotency = Arc::new(Idempotency::new(86_400_000, 0));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+        let restored = Restored::from_store(&mut store, &idempotency, 0, clock.now()).unwrap();
+        let lookup: Arc<dyn RequestLookup> = Arc::new(EmbeddedStore::reader(dir.path()).unwrap());
+        let (journal, _writer) =
+            Journal::start(Box::new(store), idempotency.clone(), clock.clone(), JournalOptions::default());
+        let engine = Engine::new(restored, journal, idempotency, Some(lookup), clock, EngineOptions::default());
+        assert_eq!(engine.answers_evicted(), 1);
+
+        let replay = engine.seen(&key, 42).unwrap().expect("the stored answer, not a new request");
+        assert_eq!(replay.encoded(), answer.encoded());
+        assert!(matches!(engine.seen(&key, 7), Err(Error::AlreadyExists(_))), "other arguments");
+        assert!(engine.seen(&idem_key("acme", "r2"), 42).unwrap().is_none(), "a new id is new");
+    }
 }
