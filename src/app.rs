@@ -160,32 +160,35 @@ async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, config: C
 fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<Engine>, config: &Config) {
     let sweep = &config.sweep;
     // These walk many accounts: keep them off the request threads, and out of their way.
-    account_sweep(tasks, stop, engine, sweep.holds_interval_ms, Engine::sweep_holds, |n| {
+    background_sweep(tasks, stop, engine, sweep.holds_interval_ms, Engine::sweep_holds, |n| {
         tracing::debug!(expired = n, "expired reservations")
     });
-    account_sweep(tasks, stop, engine, sweep.cycles_interval_ms, Engine::sweep_cycles, |n| {
+    background_sweep(tasks, stop, engine, sweep.cycles_interval_ms, Engine::sweep_cycles, |n| {
         tracing::info!(accounts = n, "rolled accounts into a new billing cycle")
     });
     if sweep.compact_interval_ms > 0 {
-        account_sweep(tasks, stop, engine, sweep.compact_interval_ms, Engine::compact_idle, |n| {
+        background_sweep(tasks, stop, engine, sweep.compact_interval_ms, Engine::compact_idle, |n| {
             tracing::debug!(accounts = n, "compacted idle accounts")
         });
     }
-    // Answers past retention or over the memory bound: this sweep moves its work off the
-    // request threads itself, then asks the journal writer to prune the store.
-    let e = engine.clone();
-    every_tick(tasks, stop, Duration::from_millis(sweep.requests_interval_ms), move || {
-        let e = e.clone();
-        async move {
-            e.sweep_requests().await;
-            e.prune_stored_requests();
-        }
+    // Answers over the memory bound: looked at often, so that each eviction is small.
+    let evict_ms = sweep.requests_interval_ms.min(EVICTION_PERIOD_MS);
+    background_sweep(tasks, stop, engine, evict_ms, Engine::evict_answers, |n| {
+        tracing::debug!(answers = n, "let answers over the memory bound go; the store keeps them")
+    });
+    background_sweep(tasks, stop, engine, sweep.requests_interval_ms, Engine::expire_answers, |n| {
+        tracing::debug!(answers = n, "forgot answers past retention")
     });
 }
 
+/// How often the answers in memory are held to their bound. At a steady 50k answers a
+/// second, about 50k then go at once rather than a minute's worth, and looking costs one
+/// count of the map when under the bound.
+const EVICTION_PERIOD_MS: u64 = 1_000;
+
 /// Runs `sweep` in the background (`background::run`) every `period_ms`, and `report`s what
 /// it did, if anything.
-fn account_sweep(
+fn background_sweep(
     tasks: &TaskTracker,
     stop: &CancellationToken,
     engine: &Arc<Engine>,

@@ -23,6 +23,13 @@ struct Tomb {
     page: u32,
 }
 
+/// An answer about to be filed (`Evicted::filing`).
+pub struct Filing {
+    bucket: usize,
+    tomb: Tomb,
+    page: u64,
+}
+
 #[derive(Default)]
 pub struct Evicted {
     /// Sorted by tag. Allocated at the first eviction: most servers never evict.
@@ -56,27 +63,28 @@ impl Evicted {
 
     /// Files answers (key, page) memory is letting go of.
     pub fn insert<'k>(&self, answers: impl IntoIterator<Item = (&'k str, u64)>) {
-        let mut filed: Vec<(usize, Tomb)> = Vec::new();
-        let mut newest = 0;
-        for (key, page) in answers {
-            let (bucket, tag) = self.locate(key);
-            filed.push((bucket, Tomb { tag, page: page as u32 }));
-            newest = newest.max(page);
-        }
-        if filed.is_empty() {
-            return;
-        }
-        filed.sort_unstable();
+        self.file(answers.into_iter().map(|(key, page)| self.filing(key, page)).collect());
+    }
+
+    /// An answer ready to be filed; hashing it needs no lock, so it is done beforehand.
+    pub fn filing(&self, key: &str, page: u64) -> Filing {
+        let (bucket, tag) = self.locate(key);
+        Filing { bucket, tomb: Tomb { tag, page: page as u32 }, page }
+    }
+
+    pub fn file(&self, mut filed: Vec<Filing>) {
+        let Some(newest) = filed.iter().map(|f| f.page).max() else { return };
+        filed.sort_unstable_by_key(|f| (f.bucket, f.tomb));
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         self.newest_page.fetch_max(newest, Ordering::AcqRel);
         let buckets = self.buckets.get_or_init(|| (0..1 << BUCKET_BITS).map(|_| RwLock::default()).collect());
-        for chunk in filed.chunk_by(|a, b| a.0 == b.0) {
-            let lock = &buckets[chunk[0].0];
+        for chunk in filed.chunk_by(|a, b| a.bucket == b.bucket) {
+            let lock = &buckets[chunk[0].bucket];
             let old = lock.read().unwrap_or_else(|p| p.into_inner());
             let mut merged = Vec::with_capacity(old.len() + chunk.len());
             merged.extend_from_slice(&old);
             drop(old);
-            merged.extend(chunk.iter().map(|(_, t)| *t));
+            merged.extend(chunk.iter().map(|f| f.tomb));
             merged.sort_unstable(); // two sorted runs: close to linear
             *lock.write().unwrap_or_else(|p| p.into_inner()) = merged;
         }

@@ -107,6 +107,8 @@ pub enum Seen {
 pub struct Idempotency {
     entries: super::Map<String, IdemEntry>,
     evicted: Evicted,
+    /// The newest page whose answers are all marked written.
+    written_through: AtomicU64,
     retention_ms: u64,
     max_entries: usize,
 }
@@ -117,7 +119,13 @@ impl Idempotency {
         // shard waits behind it: many shards keep each rehash short (at 5M answers a shard
         // holds 20k, not 600k). Sizing up front would cost its memory while idle.
         let entries = super::Map::with_hasher_and_shard_amount(Default::default(), 256);
-        Idempotency { entries, evicted: Evicted::default(), retention_ms, max_entries }
+        Idempotency {
+            entries,
+            evicted: Evicted::default(),
+            written_through: AtomicU64::new(0),
+            retention_ms,
+            max_entries,
+        }
     }
 
     pub fn check(&self, request_id: &str, fingerprint: u64) -> Seen {
@@ -186,32 +194,55 @@ impl Idempotency {
     /// Lets go of the oldest written entries beyond `max_entries`, down to 90% of the
     /// bound, so the sweeps after it have nothing to do for a while. Memory only: the
     /// store has them already. Returns how many left.
+    ///
+    /// The map may hold millions of entries and is read a shard at a time, each locked
+    /// while it is read: three passes over it, each doing as little as it can per entry.
     pub fn evict_over_bound(&self) -> usize {
         let len = self.entries.len();
         if len <= self.max_entries {
             return 0;
         }
         let over = len - (self.max_entries - self.max_entries / 10);
-        // Only the victims' keys are copied: the map may hold millions of entries.
-        let mut times: Vec<u64> =
-            self.entries.iter().filter(|e| e.answer.page().is_some()).map(|e| e.created_ms).collect();
-        let Some(last) = over.min(times.len()).checked_sub(1) else { return 0 };
-        let cutoff = *times.select_nth_unstable(last).1;
-        drop(times);
-        let mut victims: Vec<(u64, String, u64)> = self
-            .entries
-            .iter()
-            .filter(|e| e.created_ms <= cutoff)
-            .filter_map(|e| e.answer.page().map(|page| (e.created_ms, e.key().clone(), page)))
-            .collect();
-        victims.sort_unstable();
-        victims.truncate(over); // entries tied at the cutoff
-                                // Filed before they leave memory, so a retry in between finds one or the other.
-        self.evicted.insert(victims.iter().map(|(_, key, page)| (key.as_str(), *page)));
-        for (_, key, _) in &victims {
-            self.entries.remove(key);
+        let Some(cutoff) = self.nth_oldest(over, len) else { return 0 };
+        // Answers written after this are left for the next sweep: then every entry the last
+        // pass lets go of was filed by the one before.
+        let written = self.written_through.load(Ordering::Acquire);
+        let leaves = |e: &IdemEntry| e.created_ms <= cutoff && e.answer.page().is_some_and(|page| page <= written);
+
+        // Filed before they leave memory, so a retry in between finds one or the other.
+        let mut filed = Vec::with_capacity(over + over / 8);
+        for e in self.entries.iter().filter(|e| leaves(e.value())) {
+            filed.push(self.evicted.filing(e.key(), e.answer.page().expect("checked by `leaves`")));
         }
-        victims.len()
+        self.evicted.file(filed);
+        let mut evicted = 0;
+        self.entries.retain(|_, e| {
+            let leave = leaves(e);
+            evicted += usize::from(leave);
+            !leave
+        });
+        evicted
+    }
+
+    /// The creation time of about the `n`th oldest of `len` entries. From the times kept
+    /// inline: an answer's own block is not looked into. The buffer is sized and touched
+    /// first (a fresh page costs a fault), since growing it would copy it while a shard
+    /// is locked.
+    fn nth_oldest(&self, n: usize, len: usize) -> Option<u64> {
+        let mut times = Vec::with_capacity(len);
+        times.resize(len, 0);
+        let mut seen = 0;
+        for (time, e) in times.iter_mut().zip(self.entries.iter()) {
+            *time = e.created_ms;
+            seen += 1;
+        }
+        let last = n.min(seen).checked_sub(1)?;
+        Some(*times[..seen].select_nth_unstable(last).1)
+    }
+
+    /// Every answer on pages up to `page` is marked written.
+    pub fn written_through(&self, page: u64) {
+        self.written_through.fetch_max(page, Ordering::AcqRel);
     }
 
     /// Takes back the answers the store kept since `since_ms`: the newest in memory up to
@@ -221,6 +252,7 @@ impl Idempotency {
         let mut restored = 0;
         store.each_answer_page(since_ms, &mut |page, rows| {
             restored += rows.len();
+            self.written_through(page);
             for row in rows {
                 if self.entries.len() >= self.max_entries {
                     beyond.push((row.request_id, page));
@@ -310,22 +342,42 @@ mod tests {
         for ms in [100u64, 200, 300, 5000] {
             t.insert(format!("r{ms}"), written(ms));
         }
-        t.insert("pending".into(), entry(0));
-        // Durable at once in `async` mode, but not in the store yet: it must stay.
-        let unwritten = Answered::new(&Outcome::AccountChanged, true);
-        t.insert("unwritten".into(), IdemEntry { fingerprint: 1, answer: unwritten, created_ms: 1 });
-        assert_eq!(t.evict_over_bound(), 3, "6 entries, bound 3: down to 3, the oldest written first");
+        t.insert("pending".into(), entry(6000));
+        t.written_through(10_000);
+        assert_eq!(t.evict_over_bound(), 2, "5 entries, bound 3: down to 3, the oldest first");
         assert_eq!(t.len(), 3);
-        for (key, page) in [("r100", 100), ("r200", 200), ("r300", 300)] {
+        for (key, page) in [("r100", 100), ("r200", 200)] {
             let left = matches!(t.check(key, 1), Seen::Evicted(pages) if pages == [page]);
             assert!(left, "{key} left memory, and a check says where it is rather than take the id as new");
             assert_eq!(t.evicted_pages(key), [page], "and memory knows where the store has it");
         }
-        assert!(t.evicted_pages("r5000").is_empty(), "still in memory");
+        assert!(t.evicted_pages("r300").is_empty(), "still in memory");
         assert!(t.evicted_pages("never-seen").is_empty(), "an id never answered costs the store nothing");
+    }
+
+    #[test]
+    fn only_answers_in_the_store_leave_memory() {
+        let t = Idempotency::new(10_000, 1);
+        let pending = entry(100);
+        t.insert("pending".into(), pending.clone());
+        // Durable at once in `async` mode, but not in the store yet.
+        let unwritten = Answered::new(&Outcome::AccountChanged, true);
+        t.insert("unwritten".into(), IdemEntry { fingerprint: 1, answer: unwritten, created_ms: 200 });
+        t.insert("r300".into(), written(300));
+        t.insert("r400".into(), written(400));
+        t.written_through(10_000);
+        // Its page is past what the journal has reported written in full.
+        let racing = entry(50);
+        racing.answer.written(20_000);
+        t.insert("racing".into(), racing);
+        assert_eq!(t.evict_over_bound(), 1, "of the 4 oldest, the one in the store goes");
+        assert!(matches!(t.check("racing", 1), Seen::Replay(_)), "a page not reported yet waits for the next sweep");
         assert!(matches!(t.check("pending", 1), Seen::InFlight));
         assert!(matches!(t.check("unwritten", 1), Seen::Replay(_)));
-        assert_eq!(t.evict_over_bound(), 0, "only written answers leave");
+        pending.answer.written(100);
+        assert_eq!(t.evict_over_bound(), 1, "once written, it goes too");
+        assert_eq!(t.evicted_pages("pending"), [100]);
+        assert!(matches!(t.check("unwritten", 1), Seen::Replay(_)));
     }
 
     #[test]
@@ -334,7 +386,8 @@ mod tests {
         for ms in [100u64, 200, 1500, 1600] {
             t.insert(format!("r{ms}"), written(ms));
         }
-        t.insert("pending".into(), entry(0));
+        t.insert("pending".into(), entry(2000));
+        t.written_through(10_000);
         assert_eq!(t.evict_over_bound(), 3);
         assert_eq!((t.len(), t.evicted_len()), (2, 3));
         assert_eq!(t.expire(1_000_000), 1, "r1600; a pending entry is never dropped");
@@ -351,6 +404,7 @@ mod tests {
         for ms in [50u64, 10, 40, 30, 20, 60, 70, 80, 90, 100, 110, 120] {
             t.insert(format!("r{ms}"), written(ms));
         }
+        t.written_through(120);
         assert_eq!(t.evict_over_bound(), 3, "12 entries, bound 10: down to 9");
         let gone: Vec<&str> =
             ["r10", "r20", "r30", "r40"].into_iter().filter(|k| !t.evicted_pages(k).is_empty()).collect();

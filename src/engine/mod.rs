@@ -217,7 +217,8 @@ impl Engine {
     /// Expires due holds of accounts that have any. Called periodically; also happens lazily
     /// whenever an account is touched. A compact account is decoded only when a hold is due.
     pub fn sweep_holds(&self) -> usize {
-        let ids: Vec<String> = self.with_holds.iter().map(|e| e.key().clone()).collect();
+        let mut ids = Vec::with_capacity(self.with_holds.len());
+        ids.extend(self.with_holds.iter().map(|e| e.key().clone()));
         let mut expired = 0;
         for id in ids {
             let Some(cell) = self.cell(&id) else { continue };
@@ -273,24 +274,26 @@ impl Engine {
     }
 
     /// Every account's cell, collected first so no map shard stays locked during the work.
+    /// Sized first: growing the list while a shard is locked would copy it there.
     fn all_cells(&self) -> Vec<Arc<AccountCell>> {
-        self.accounts.iter().map(|e| e.value().clone()).collect()
+        let mut cells = Vec::with_capacity(self.accounts.len() + 64);
+        cells.extend(self.accounts.iter().map(|e| e.value().clone()));
+        cells
     }
 
-    /// Forgets answered request ids past retention, and lets the oldest answers beyond the
-    /// memory bound go (the store has them). Memory only, and off the request threads.
-    pub async fn sweep_requests(&self) -> usize {
-        let idempotency = self.idempotency.clone();
+    /// Lets the oldest answers beyond the memory bound go (the store has them). Called
+    /// periodically, off the request threads.
+    pub fn evict_answers(&self) -> usize {
+        self.idempotency.evict_over_bound()
+    }
+
+    /// Forgets answered request ids past retention, in memory, then asks the journal writer
+    /// to prune the store. Called periodically, off the request threads.
+    pub fn expire_answers(&self) -> usize {
         let now_ms = self.clock.now().wall_ms();
-        crate::background::run(move || idempotency.expire(now_ms) + idempotency.evict_over_bound())
-            .await
-            .unwrap_or_default()
-    }
-
-    /// Asks the store to forget answered request ids past retention.
-    pub fn prune_stored_requests(&self) {
-        let cutoff = self.clock.now().wall_ms().saturating_sub(self.options.idempotency_retention.as_millis() as u64);
-        self.journal.prune_requests(cutoff);
+        let expired = self.idempotency.expire(now_ms);
+        self.journal.prune_requests(now_ms.saturating_sub(self.options.idempotency_retention.as_millis() as u64));
+        expired
     }
 
     /// Writes what is queued and closes the store. Used once, at shutdown.

@@ -291,6 +291,7 @@ impl Writer {
                     }
                     settled.extend(p.waiter.map(|w| (w, Ok(()))));
                 }
+                self.idempotency.written_through(written.answers_page);
                 settled.extend(round.waiters.drain(..).map(|w| (w, Ok(()))));
             }
             Err(e) => {

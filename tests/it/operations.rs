@@ -116,7 +116,7 @@ async fn answers_evicted_from_memory_are_found_in_the_store() {
     }
     let engine = s.running.as_ref().unwrap().engine.clone();
     engine.flush().await.unwrap();
-    assert!(engine.sweep_requests().await > 0, "the memory bound evicted answers");
+    assert!(engine.evict_answers() > 0, "the memory bound evicted answers");
     let again = s.deduct_req(first.clone()).await.unwrap();
     assert!(again.replayed, "the evicted answer came back from the store");
     assert_eq!(again.ledger_entry_id, answer.ledger_entry_id);
