@@ -23,11 +23,11 @@ struct Tomb {
     page: u32,
 }
 
-/// An answer about to be filed (`Evicted::filing`).
+/// An answer about to be filed (`Evicted::filing`): 12 bytes, since start-up may hold
+/// one for every answer beyond the bound before filing them together.
 pub struct Filing {
-    bucket: usize,
+    bucket: u32,
     tomb: Tomb,
-    page: u64,
 }
 
 #[derive(Default)]
@@ -62,24 +62,36 @@ impl Evicted {
     }
 
     /// Files answers (key, page) memory is letting go of.
+    #[cfg(test)]
     pub fn insert<'k>(&self, answers: impl IntoIterator<Item = (&'k str, u64)>) {
-        self.file(answers.into_iter().map(|(key, page)| self.filing(key, page)).collect());
+        let mut newest = 0;
+        let filed = answers
+            .into_iter()
+            .map(|(key, page)| {
+                newest = newest.max(page);
+                self.filing(key, page)
+            })
+            .collect();
+        self.file(filed, newest);
     }
 
     /// An answer ready to be filed; hashing it needs no lock, so it is done beforehand.
     pub fn filing(&self, key: &str, page: u64) -> Filing {
         let (bucket, tag) = self.locate(key);
-        Filing { bucket, tomb: Tomb { tag, page: page as u32 }, page }
+        Filing { bucket: bucket as u32, tomb: Tomb { tag, page: page as u32 } }
     }
 
-    pub fn file(&self, mut filed: Vec<Filing>) {
-        let Some(newest) = filed.iter().map(|f| f.page).max() else { return };
+    /// Files answers on pages up to `newest_page`.
+    pub fn file(&self, mut filed: Vec<Filing>, newest_page: u64) {
+        if filed.is_empty() {
+            return;
+        }
         filed.sort_unstable_by_key(|f| (f.bucket, f.tomb));
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        self.newest_page.fetch_max(newest, Ordering::AcqRel);
+        self.newest_page.fetch_max(newest_page, Ordering::AcqRel);
         let buckets = self.buckets.get_or_init(|| (0..1 << BUCKET_BITS).map(|_| RwLock::default()).collect());
         for chunk in filed.chunk_by(|a, b| a.bucket == b.bucket) {
-            let lock = &buckets[chunk[0].bucket];
+            let lock = &buckets[chunk[0].bucket as usize];
             let old = lock.read().unwrap_or_else(|p| p.into_inner());
             let mut merged = Vec::with_capacity(old.len() + chunk.len());
             merged.extend_from_slice(&old);

@@ -214,7 +214,7 @@ impl Idempotency {
         for e in self.entries.iter().filter(|e| leaves(e.value())) {
             filed.push(self.evicted.filing(e.key(), e.answer.page().expect("checked by `leaves`")));
         }
-        self.evicted.file(filed);
+        self.evicted.file(filed, written);
         let mut evicted = 0;
         self.entries.retain(|_, e| {
             let leave = leaves(e);
@@ -229,8 +229,13 @@ impl Idempotency {
     /// first (a fresh page costs a fault), since growing it would copy it while a shard
     /// is locked.
     fn nth_oldest(&self, n: usize, len: usize) -> Option<u64> {
-        let mut times = Vec::with_capacity(len);
-        times.resize(len, 0);
+        // Not `vec![0; len]`: that may map fresh zero pages, to be faulted in under the locks.
+        #[allow(clippy::slow_vector_initialization)]
+        let mut times = {
+            let mut times = Vec::with_capacity(len);
+            times.resize(len, 0);
+            times
+        };
         let mut seen = 0;
         for (time, e) in times.iter_mut().zip(self.entries.iter()) {
             *time = e.created_ms;
@@ -248,14 +253,14 @@ impl Idempotency {
     /// Takes back the answers the store kept since `since_ms`: the newest in memory up to
     /// the bound, the rest filed as evicted. Returns how many.
     pub fn restore_from(&self, store: &mut dyn Store, since_ms: u64) -> Result<usize, StoreError> {
-        let mut beyond: Vec<(String, u64)> = Vec::new();
+        let mut beyond = Vec::new();
         let mut restored = 0;
         store.each_answer_page(since_ms, &mut |page, rows| {
             restored += rows.len();
             self.written_through(page);
             for row in rows {
                 if self.entries.len() >= self.max_entries {
-                    beyond.push((row.request_id, page));
+                    beyond.push(self.evicted.filing(&row.request_id, page));
                     continue;
                 }
                 match entry_from_row(&row, page) {
@@ -267,7 +272,7 @@ impl Idempotency {
             }
             Ok(())
         })?;
-        self.evicted.insert(beyond.iter().map(|(key, page)| (key.as_str(), *page)));
+        self.evicted.file(beyond, self.written_through.load(Ordering::Acquire));
         Ok(restored)
     }
 }
