@@ -255,16 +255,21 @@ impl Idempotency {
     pub fn restore_from(&self, store: &mut dyn Store, since_ms: u64) -> Result<usize, StoreError> {
         let mut beyond = Vec::new();
         let mut restored = 0;
+        // Counted here: the map's own count visits every shard.
+        let mut kept = self.entries.len();
         store.each_answer_page(since_ms, &mut |page, rows| {
             restored += rows.len();
             self.written_through(page);
             for row in rows {
-                if self.entries.len() >= self.max_entries {
+                if kept >= self.max_entries {
                     beyond.push(self.evicted.filing(&row.request_id, page));
                     continue;
                 }
                 match entry_from_row(&row, page) {
-                    Ok(entry) => self.insert(row.request_id, entry),
+                    Ok(entry) => {
+                        self.insert(row.request_id, entry);
+                        kept += 1;
+                    }
                     Err(e) => tracing::warn!(
                         request_id = %row.request_id, error = %e, "unreadable stored answer; the id is treated as new"
                     ),
