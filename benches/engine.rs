@@ -201,7 +201,7 @@ fn answered_requests(n: usize) -> (Idempotency, Vec<String>) {
             answer: Answered::new(&common::deduct_outcome(&ids, now_ms), true),
             created_ms: now_ms,
         };
-        table.insert(key.clone(), entry);
+        table.insert(&key, entry);
         keys.push(key);
     }
     (table, keys)

@@ -269,7 +269,7 @@ fn memory(n: usize) {
     for i in 0..n {
         let account = account_id(i % 1_000);
         let entry = deduct_entry(now_ms, &ids);
-        table.insert(idem_key(&account, &seq.uuid()), entry);
+        table.insert(&idem_key(&account, &seq.uuid()), entry);
     }
     let (bytes, blocks, _) = heap().per(before, n);
     let kept_bytes = bytes;
@@ -289,8 +289,10 @@ fn memory(n: usize) {
     let table = Idempotency::new(86_400_000, bound);
     for i in 0..n {
         let entry = deduct_entry(now_ms, &ids);
-        entry.answer.written(1 + i as u64 / 1_000);
-        table.insert(idem_key(&account_id(i % 1_000), &seq.uuid()), entry);
+        let page = 1 + i as u64 / 1_000;
+        entry.answer.written(page);
+        table.written_through(page);
+        table.insert(&idem_key(&account_id(i % 1_000), &seq.uuid()), entry);
         if i % bound == 0 {
             table.evict_over_bound();
         }

@@ -2,13 +2,13 @@
 //! answer, against about 220 for one kept whole, so a day of answers beyond the memory
 //! bound still fits, and an id never answered is told apart without asking the store.
 //!
-//! An answer is filed under a hash of its key, seeded per process (this is rebuilt at
-//! start-up, and clients cannot choose ids that pile into one bucket): the top bits pick a
-//! bucket, the next 32 are kept as its tag, beside the low 32 bits of its page number.
+//! An answer is filed under the hash of its key (`idempotency::Key`, seeded per process, so
+//! clients cannot choose ids that pile into one bucket): 12 of its bits pick a bucket, 32
+//! others are kept as its tag, beside the low 32 bits of its page number.
 //! Two keys may share a tag, so a lookup returns every page that may hold the key and
 //! the store has the last word; a true answer is never missed.
 
-use std::hash::BuildHasher;
+use super::idempotency::Key;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 
@@ -34,7 +34,6 @@ pub struct Filing {
 pub struct Evicted {
     /// Sorted by tag. Allocated at the first eviction: most servers never evict.
     buckets: OnceLock<Box<[RwLock<Vec<Tomb>>]>>,
-    hasher: foldhash::quality::RandomState,
     newest_page: AtomicU64,
     len: AtomicUsize,
     /// Buckets are rebuilt, then swapped in: one writer at a time, so none is lost.
@@ -52,9 +51,9 @@ impl Evicted {
 
     /// The pages that may hold the answer to `key`; empty, without a lock, until anything
     /// was evicted.
-    pub fn pages(&self, key: &str) -> Vec<u64> {
+    pub fn pages(&self, key: Key) -> Vec<u64> {
         let Some(buckets) = self.buckets.get() else { return Vec::new() };
-        let (bucket, tag) = self.locate(key);
+        let (bucket, tag) = locate(key);
         let bucket = buckets[bucket].read().unwrap_or_else(|p| p.into_inner());
         let from = bucket.partition_point(|t| t.tag < tag);
         let newest = self.newest_page.load(Ordering::Acquire);
@@ -63,21 +62,21 @@ impl Evicted {
 
     /// Files answers (key, page) memory is letting go of.
     #[cfg(test)]
-    pub fn insert<'k>(&self, answers: impl IntoIterator<Item = (&'k str, u64)>) {
+    pub fn insert(&self, answers: impl IntoIterator<Item = (Key, u64)>) {
         let mut newest = 0;
         let filed = answers
             .into_iter()
             .map(|(key, page)| {
                 newest = newest.max(page);
-                self.filing(key, page)
+                Evicted::filing(key, page)
             })
             .collect();
         self.file(filed, newest);
     }
 
-    /// An answer ready to be filed; hashing it needs no lock, so it is done beforehand.
-    pub fn filing(&self, key: &str, page: u64) -> Filing {
-        let (bucket, tag) = self.locate(key);
+    /// An answer ready to be filed.
+    pub fn filing(key: Key, page: u64) -> Filing {
+        let (bucket, tag) = locate(key);
         Filing { bucket: bucket as u32, tomb: Tomb { tag, page: page as u32 } }
     }
 
@@ -122,11 +121,12 @@ impl Evicted {
         }
         self.len.fetch_sub(forgotten, Ordering::Relaxed);
     }
+}
 
-    fn locate(&self, key: &str) -> (usize, u32) {
-        let hash = self.hasher.hash_one(key);
-        ((hash >> (64 - BUCKET_BITS)) as usize, hash as u32)
-    }
+/// The bucket and the tag of `key`: independent bits of its hash.
+fn locate(key: Key) -> (usize, u32) {
+    let [a, b] = key.0;
+    ((a >> (64 - BUCKET_BITS)) as usize, b as u32)
 }
 
 /// The page number whose low 32 bits are `low`, at or below `newest`.
@@ -138,29 +138,42 @@ fn full_page(newest: u64, low: u32) -> u64 {
 mod tests {
     use super::*;
 
+    /// A key for `name`, as the idempotency table would hash it (any fixed spread will do).
+    fn key(name: &str) -> Key {
+        use std::hash::BuildHasher;
+        let h = foldhash::fast::FixedState::with_seed(7);
+        Key([h.hash_one(name), h.hash_one((name, 1))])
+    }
+
+    impl Evicted {
+        fn pages_of(&self, name: &str) -> Vec<u64> {
+            self.pages(key(name))
+        }
+    }
+
     #[test]
     fn an_evicted_answer_is_found_on_its_page_and_others_are_not_found() {
         let e = Evicted::default();
-        assert!(e.pages("a").is_empty() && e.buckets.get().is_none(), "nothing allocated before an eviction");
-        e.insert([("a", 7), ("b", 9)]);
-        e.insert([("c", 9)]);
-        assert_eq!((e.pages("a"), e.pages("b"), e.pages("c")), (vec![7], vec![9], vec![9]));
-        assert!(e.pages("never-answered").is_empty());
+        assert!(e.pages_of("a").is_empty() && e.buckets.get().is_none(), "nothing allocated before an eviction");
+        e.insert([(key("a"), 7), (key("b"), 9)]);
+        e.insert([(key("c"), 9)]);
+        assert_eq!((e.pages_of("a"), e.pages_of("b"), e.pages_of("c")), (vec![7], vec![9], vec![9]));
+        assert!(e.pages_of("never-answered").is_empty());
         assert_eq!(e.len(), 3);
     }
 
     #[test]
     fn keys_sharing_a_tag_return_every_page_that_may_hold_them() {
         let e = Evicted::default();
-        let (bucket, tag) = e.locate("a");
-        e.insert([("a", 3)]);
+        let (bucket, tag) = locate(key("a"));
+        e.insert([(key("a"), 3)]);
         // Another key filed under the same bucket and tag (as a hash collision would).
         let buckets = e.buckets.get().unwrap();
         let mut b = buckets[bucket].write().unwrap();
         b.push(Tomb { tag, page: 2 });
         b.sort_unstable();
         drop(b);
-        let mut pages = e.pages("a");
+        let mut pages = e.pages_of("a");
         pages.sort_unstable();
         assert_eq!(pages, [2, 3]);
     }
@@ -169,9 +182,9 @@ mod tests {
     fn page_numbers_past_32_bits_come_back_whole() {
         let e = Evicted::default();
         let base = (1u64 << 32) - 2;
-        e.insert([("old", base), ("wrapped", base + 5)]);
-        assert_eq!(e.pages("old"), [base]);
-        assert_eq!(e.pages("wrapped"), [base + 5]);
+        e.insert([(key("old"), base), (key("wrapped"), base + 5)]);
+        assert_eq!(e.pages_of("old"), [base]);
+        assert_eq!(e.pages_of("wrapped"), [base + 5]);
         assert_eq!(full_page(base + 5, base as u32), base);
     }
 
@@ -179,11 +192,11 @@ mod tests {
     fn pages_the_store_pruned_are_forgotten() {
         let e = Evicted::default();
         let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
-        e.insert(keys.iter().zip(0..).map(|(k, i)| (k.as_str(), 1 + i / 100)));
+        e.insert(keys.iter().zip(0..).map(|(k, i)| (key(k), 1 + i / 100)));
         e.forget_pages_before(6);
         assert_eq!(e.len(), 500);
-        assert!(e.pages("k499").is_empty());
-        assert_eq!(e.pages("k500"), [6]);
-        assert_eq!(e.pages("k999"), [10]);
+        assert!(e.pages_of("k499").is_empty());
+        assert_eq!(e.pages_of("k500"), [6]);
+        assert_eq!(e.pages_of("k999"), [10]);
     }
 }

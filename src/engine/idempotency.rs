@@ -10,6 +10,7 @@
 use super::evicted::Evicted;
 use super::outcome::Outcome;
 use crate::store::{IdemRow, Store, StoreError};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -104,8 +105,28 @@ pub enum Seen {
     InFlight,
 }
 
+/// An idempotency key (`engine::idem_key`: account and request id, about 45 bytes) as memory
+/// holds it: a 128-bit hash, seeded per process. The key itself is kept in the store's pages
+/// only; in memory it cost a block of its own per answer. At 128 bits no two keys share a
+/// hash in practice (about 10^-26 among 5M answers), and clients cannot aim for one: the
+/// seeds are random and never leave the process. Memory is rebuilt from the store at
+/// start-up, so the hash need not be stable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key(pub(super) [u64; 2]);
+
+#[derive(Default)]
+struct KeyHasher([foldhash::quality::RandomState; 2]);
+
+impl KeyHasher {
+    fn key(&self, key: &str) -> Key {
+        let [a, b] = &self.0;
+        Key([a.hash_one(key), b.hash_one(key)])
+    }
+}
+
 pub struct Idempotency {
-    entries: super::Map<String, IdemEntry>,
+    entries: super::Map<Key, IdemEntry>,
+    hasher: KeyHasher,
     evicted: Evicted,
     /// The newest page whose answers are all marked written.
     written_through: AtomicU64,
@@ -121,6 +142,7 @@ impl Idempotency {
         let entries = super::Map::with_hasher_and_shard_amount(Default::default(), 256);
         Idempotency {
             entries,
+            hasher: KeyHasher::default(),
             evicted: Evicted::default(),
             written_through: AtomicU64::new(0),
             retention_ms,
@@ -128,9 +150,14 @@ impl Idempotency {
         }
     }
 
-    pub fn check(&self, request_id: &str, fingerprint: u64) -> Seen {
-        match self.entries.get(request_id) {
-            None => match self.evicted.pages(request_id) {
+    fn key(&self, key: &str) -> Key {
+        self.hasher.key(key)
+    }
+
+    pub fn check(&self, key: &str, fingerprint: u64) -> Seen {
+        let key = self.key(key);
+        match self.entries.get(&key) {
+            None => match self.evicted.pages(key) {
                 pages if pages.is_empty() => Seen::New,
                 pages => Seen::Evicted(pages),
             },
@@ -140,22 +167,26 @@ impl Idempotency {
         }
     }
 
-    pub fn insert(&self, request_id: String, entry: IdemEntry) {
-        self.entries.insert(request_id, entry);
+    pub fn insert(&self, key: &str, entry: IdemEntry) {
+        self.entries.insert(self.key(key), entry);
     }
 
     /// Forgets an answer whose change never became durable: a retry must run it again.
-    pub fn forget(&self, request_id: &str) {
-        self.entries.remove(request_id);
+    pub fn forget(&self, key: &str) {
+        self.entries.remove(&self.key(key));
     }
 
     /// The store's pages that may hold the answer to `request_id`, if memory let go of it:
     /// they must be read before the id is checked. Empty for an id never answered.
-    pub fn evicted_pages(&self, request_id: &str) -> Vec<u64> {
-        if self.evicted.is_empty() || self.entries.contains_key(request_id) {
+    pub fn evicted_pages(&self, key: &str) -> Vec<u64> {
+        if self.evicted.is_empty() {
             return Vec::new();
         }
-        self.evicted.pages(request_id)
+        let key = self.key(key);
+        if self.entries.contains_key(&key) {
+            return Vec::new();
+        }
+        self.evicted.pages(key)
     }
 
     /// Answers in memory.
@@ -212,7 +243,7 @@ impl Idempotency {
         // Filed before they leave memory, so a retry in between finds one or the other.
         let mut filed = Vec::with_capacity(over + over / 8);
         for e in self.entries.iter().filter(|e| leaves(e.value())) {
-            filed.push(self.evicted.filing(e.key(), e.answer.page().expect("checked by `leaves`")));
+            filed.push(Evicted::filing(*e.key(), e.answer.page().expect("checked by `leaves`")));
         }
         self.evicted.file(filed, written);
         let mut evicted = 0;
@@ -262,12 +293,12 @@ impl Idempotency {
             self.written_through(page);
             for row in rows {
                 if kept >= self.max_entries {
-                    beyond.push(self.evicted.filing(&row.request_id, page));
+                    beyond.push(Evicted::filing(self.key(&row.request_id), page));
                     continue;
                 }
                 match entry_from_row(&row, page) {
                     Ok(entry) => {
-                        self.insert(row.request_id, entry);
+                        self.insert(&row.request_id, entry);
                         kept += 1;
                     }
                     Err(e) => tracing::warn!(
@@ -339,7 +370,7 @@ mod tests {
         let t = Idempotency::new(1000, 10);
         assert!(matches!(t.check("r", 1), Seen::New));
         let e = entry(0);
-        t.insert("r".into(), e.clone());
+        t.insert("r", e.clone());
         assert!(matches!(t.check("r", 1), Seen::InFlight));
         e.answer.written(7);
         assert!(matches!(t.check("r", 1), Seen::Replay(_)));
@@ -350,9 +381,9 @@ mod tests {
     fn the_bound_lets_the_oldest_written_answers_go_and_remembers_their_pages() {
         let t = Idempotency::new(10_000, 3);
         for ms in [100u64, 200, 300, 5000] {
-            t.insert(format!("r{ms}"), written(ms));
+            t.insert(&format!("r{ms}"), written(ms));
         }
-        t.insert("pending".into(), entry(6000));
+        t.insert("pending", entry(6000));
         t.written_through(10_000);
         assert_eq!(t.evict_over_bound(), 2, "5 entries, bound 3: down to 3, the oldest first");
         assert_eq!(t.len(), 3);
@@ -369,17 +400,17 @@ mod tests {
     fn only_answers_in_the_store_leave_memory() {
         let t = Idempotency::new(10_000, 1);
         let pending = entry(100);
-        t.insert("pending".into(), pending.clone());
+        t.insert("pending", pending.clone());
         // Durable at once in `async` mode, but not in the store yet.
         let unwritten = Answered::new(&Outcome::AccountChanged, true);
-        t.insert("unwritten".into(), IdemEntry { fingerprint: 1, answer: unwritten, created_ms: 200 });
-        t.insert("r300".into(), written(300));
-        t.insert("r400".into(), written(400));
+        t.insert("unwritten", IdemEntry { fingerprint: 1, answer: unwritten, created_ms: 200 });
+        t.insert("r300", written(300));
+        t.insert("r400", written(400));
         t.written_through(10_000);
         // Its page is past what the journal has reported written in full.
         let racing = entry(50);
         racing.answer.written(20_000);
-        t.insert("racing".into(), racing);
+        t.insert("racing", racing);
         assert_eq!(t.evict_over_bound(), 1, "of the 4 oldest, the one in the store goes");
         assert!(matches!(t.check("racing", 1), Seen::Replay(_)), "a page not reported yet waits for the next sweep");
         assert!(matches!(t.check("pending", 1), Seen::InFlight));
@@ -394,9 +425,9 @@ mod tests {
     fn expiry_keeps_retention_and_evicted_answers_go_with_their_pages() {
         let t = Idempotency::new(1000, 2);
         for ms in [100u64, 200, 1500, 1600] {
-            t.insert(format!("r{ms}"), written(ms));
+            t.insert(&format!("r{ms}"), written(ms));
         }
-        t.insert("pending".into(), entry(2000));
+        t.insert("pending", entry(2000));
         t.written_through(10_000);
         assert_eq!(t.evict_over_bound(), 3);
         assert_eq!((t.len(), t.evicted_len()), (2, 3));
@@ -412,7 +443,7 @@ mod tests {
     fn eviction_goes_down_to_ninety_percent_of_the_bound_oldest_first() {
         let t = Idempotency::new(1000, 10);
         for ms in [50u64, 10, 40, 30, 20, 60, 70, 80, 90, 100, 110, 120] {
-            t.insert(format!("r{ms}"), written(ms));
+            t.insert(&format!("r{ms}"), written(ms));
         }
         t.written_through(120);
         assert_eq!(t.evict_over_bound(), 3, "12 entries, bound 10: down to 9");
@@ -437,7 +468,11 @@ mod tests {
         let t = Idempotency::new(1000, 3);
         assert_eq!(t.restore_from(&mut store, 0).unwrap(), 5);
         assert!(matches!(t.check("a", 1), Seen::Replay(_)));
-        assert_eq!(t.entries.get("a").unwrap().answer.page(), Some(newer), "kept with its page, to leave memory later");
+        assert_eq!(
+            t.entries.get(&t.key("a")).unwrap().answer.page(),
+            Some(newer),
+            "kept with its page, to leave memory later"
+        );
         assert!(matches!(t.check("c", 1), Seen::New), "an unreadable answer is reported and skipped");
         assert!(matches!(t.check("d", 1), Seen::Replay(_)));
         assert_eq!(t.evicted_pages("e"), [older], "beyond the bound: filed where the store has it");

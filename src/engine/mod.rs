@@ -160,7 +160,7 @@ impl Engine {
             found.map_err(|e| Error::Unavailable(format!("cannot read answered requests from the store: {e}")))?;
         if let Some((row, page)) = found {
             if let Some(entry) = idem_entry_from_row(&row, page) {
-                self.idempotency.insert(row.request_id, entry);
+                self.idempotency.insert(&row.request_id, entry);
             }
         }
         Ok(())
@@ -177,7 +177,7 @@ impl Engine {
         let answer = change.answer.map(|(key, fingerprint, outcome)| {
             let answer = Answered::new(&outcome, !must_wait);
             let created_ms = self.clock.now().wall_ms();
-            self.idempotency.insert(key.clone(), IdemEntry { fingerprint, answer: answer.clone(), created_ms });
+            self.idempotency.insert(&key, IdemEntry { fingerprint, answer: answer.clone(), created_ms });
             PendingAnswer { key, fingerprint, answer, created_ms }
         });
         let (waiter, durable) = if must_wait && change.wait {
