@@ -1,5 +1,5 @@
 //! Where the store keeps each answer memory let go of (see `idempotency`): 8 bytes an
-//! answer, against about 220 for one kept whole, so a day of answers beyond the memory
+//! answer, against about 160 for one kept whole, so a day of answers beyond the memory
 //! bound still fits, and an id never answered is told apart without asking the store.
 //!
 //! An answer is filed under the hash of its key (`idempotency::Key`, seeded per process, so

@@ -176,7 +176,7 @@ impl Idempotency {
         self.entries.remove(&self.key(key));
     }
 
-    /// The store's pages that may hold the answer to `request_id`, if memory let go of it:
+    /// The store's pages that may hold the answer to `key`, if memory let go of it:
     /// they must be read before the id is checked. Empty for an id never answered.
     pub fn evicted_pages(&self, key: &str) -> Vec<u64> {
         if self.evicted.is_empty() {
