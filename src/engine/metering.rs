@@ -18,10 +18,11 @@ use std::sync::Arc;
 
 impl Engine {
     pub async fn check_and_deduct(&self, req: DeductRequest) -> Result<Answer<DeductOutcome>, Error> {
-        if let (Some(rid), false) = (&req.request_id, req.dry_run) {
-            self.recall(&idem_key(&req.target.account_id, rid)).await?;
+        let key = deduct_key(&req);
+        if let Some(k) = &key {
+            self.recall(k).await?;
         }
-        let (durable, answer) = self.decide_deduct(&req)?;
+        let (durable, answer) = self.decide_deduct(&req, key)?;
         settle(durable, answer).await
     }
 
@@ -34,11 +35,12 @@ impl Engine {
         for item in items {
             let result = match item {
                 Ok(req) => {
-                    let recalled = match (&req.request_id, req.dry_run) {
-                        (Some(rid), false) => self.recall(&idem_key(&req.target.account_id, rid)).await,
-                        _ => Ok(()),
+                    let key = deduct_key(&req);
+                    let recalled = match &key {
+                        Some(k) => self.recall(k).await,
+                        None => Ok(()),
                     };
-                    recalled.and_then(|()| self.decide_deduct(&req))
+                    recalled.and_then(|()| self.decide_deduct(&req, key))
                 }
                 Err(e) => Err(e),
             };
@@ -54,7 +56,12 @@ impl Engine {
         answers
     }
 
-    fn decide_deduct(&self, req: &DeductRequest) -> Result<(Durable, Answer<DeductOutcome>), Error> {
+    /// `key`: the request's idempotency key (`deduct_key`), made once by the caller.
+    fn decide_deduct(
+        &self,
+        req: &DeductRequest,
+        key: Option<String>,
+    ) -> Result<(Durable, Answer<DeductOutcome>), Error> {
         let t = &req.target;
         let Some(cell) = self.cell(&t.account_id) else {
             return Ok((None, fresh(deduct_not_found())));
@@ -64,7 +71,6 @@ impl Engine {
         if slot.gone {
             return Ok((None, fresh(deduct_not_found())));
         }
-        let key = req.request_id.as_deref().filter(|_| !req.dry_run).map(|rid| idem_key(&t.account_id, rid));
         let fingerprint = req.fingerprint();
         if let Some(k) = &key {
             if let Some(seen) = self.seen(k, fingerprint)? {
@@ -400,6 +406,11 @@ fn fresh<T>(outcome: T) -> Answer<T> {
 }
 
 /// The stored answer to an earlier call, flagged as a replay.
+/// The idempotency key of a deduction; a dry run consumes none.
+fn deduct_key(req: &DeductRequest) -> Option<String> {
+    req.request_id.as_deref().filter(|_| !req.dry_run).map(|rid| idem_key(&req.target.account_id, rid))
+}
+
 fn replayed(seen: &Answered) -> Answer<Outcome> {
     Answer { outcome: seen.outcome(), replayed: true }
 }
