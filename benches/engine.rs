@@ -198,7 +198,7 @@ fn answered_requests(n: usize) -> (Idempotency, Vec<String>) {
         let key = idem_key(&account, &uuid(i as u64));
         let entry = IdemEntry {
             fingerprint: IDEM_FINGERPRINT,
-            answer: Answered::new(&common::deduct_outcome(&ids, now_ms), true),
+            answer: Answered::new(common::deduct_outcome(&ids, now_ms).borrowed(), true),
             created_ms: now_ms,
         };
         table.insert(&key, entry);
@@ -337,7 +337,7 @@ fn group_commit(c: &mut Criterion) {
     let accounts: Vec<String> = (0..1_000).map(|i| format!("org-{i:07}")).collect();
     let now = Now { wall: Utc::now(), mono_ms: 1_000 };
     let snapshot = common::typical_account(0, now, &ids, &mut common::Seq(0x9e37_79b9_7f4a_7c15));
-    let answer = Answered::new(&common::deduct_outcome(&ids, Utc::now().timestamp_millis() as u64), true);
+    let answer = Answered::new(common::deduct_outcome(&ids, Utc::now().timestamp_millis() as u64).borrowed(), true);
     let mut n = 0u64;
     let mut make = |k: usize, snapshots: usize| {
         let mut batch = Batch::default();

@@ -159,7 +159,7 @@ fn bare_account(i: usize, now: Now, ids: &IdGenerator) -> Account {
 fn deduct_entry(now_ms: u64, ids: &IdGenerator) -> IdemEntry {
     IdemEntry {
         fingerprint: 0x9e37_79b9_7f4a_7c15 ^ now_ms,
-        answer: Answered::new(&common::deduct_outcome(ids, now_ms), true),
+        answer: Answered::new(common::deduct_outcome(ids, now_ms).borrowed(), true),
         created_ms: now_ms,
     }
 }

@@ -3,9 +3,9 @@
 
 use super::cell::AccountCell;
 use super::idempotency::Fingerprint;
-use super::outcome::{GrantOutcome, Outcome, RevokeOutcome};
+use super::outcome::{GrantOutcome, Outcome, OutcomeRef, RevokeOutcome};
 use super::views::BalanceView;
-use super::{idem_key, settle, Answer, Change, Engine};
+use super::{idem_key, settle, Answer, Change, Engine, Reply};
 use crate::domain::account::{Account, AccountStatus, OveragePolicy, Plan, SubscriptionStatus};
 use crate::domain::grant::{Grant, GrantKind, Money};
 use crate::domain::limits::Limits;
@@ -150,7 +150,7 @@ impl Engine {
                 "null".into(),
                 settings_json(slot.account()),
             );
-            let answer = key.map(|k| (k, fingerprint, Outcome::AccountChanged));
+            let answer = key.map(|key| Reply { key, fingerprint, outcome: OutcomeRef::AccountChanged, at: now });
             let durable = self.record(
                 &cell,
                 &mut slot,
@@ -343,7 +343,7 @@ impl Engine {
                 "null".into(),
                 serde_json::to_string(&outcome.grant).expect("grant serializes"),
             );
-            let answer = Some((key, fingerprint, Outcome::Grant(outcome.clone())));
+            let answer = Some(Reply { key, fingerprint, outcome: OutcomeRef::Grant(&outcome), at: now });
             let durable = self.record(
                 &cell,
                 &mut slot,
@@ -412,7 +412,7 @@ impl Engine {
                 balance: slot.account().balance(now.wall),
                 ledger_entry_id,
             };
-            let answer = Some((key, fingerprint, Outcome::Revoke(outcome.clone())));
+            let answer = Some(Reply { key, fingerprint, outcome: OutcomeRef::Revoke(&outcome), at: now });
             let durable = self.record(
                 &cell,
                 &mut slot,

@@ -8,7 +8,7 @@
 //! did answer.
 
 use super::evicted::Evicted;
-use super::outcome::Outcome;
+use super::outcome::{Outcome, OutcomeRef};
 use crate::store::{IdemRow, Store, StoreError};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,8 +39,18 @@ pub struct Answered {
 }
 
 impl Answered {
-    pub fn new(outcome: &Outcome, durable: bool) -> Arc<Self> {
-        let encoded = postcard::to_stdvec(outcome).expect("outcome encodes").into_boxed_slice();
+    pub fn new(outcome: OutcomeRef<'_>, durable: bool) -> Arc<Self> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // Encoded into a buffer kept per thread, then copied once into a block of its exact
+        // size: encoding straight into a new vector grew it four or five times per answer
+        // and left the answer in a block up to twice its size.
+        let encoded = SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            *buf = postcard::to_extend(&outcome, std::mem::take(buf)).expect("outcome encodes");
+            Box::<[u8]>::from(buf.as_slice())
+        });
         Arc::new(Answered { encoded, durable: AtomicBool::new(durable), page: AtomicU64::new(0) })
     }
 
@@ -351,7 +361,7 @@ mod tests {
     use super::*;
 
     fn entry(ms: u64) -> IdemEntry {
-        IdemEntry { fingerprint: 1, answer: Answered::new(&Outcome::AccountChanged, false), created_ms: ms }
+        IdemEntry { fingerprint: 1, answer: Answered::new(OutcomeRef::AccountChanged, false), created_ms: ms }
     }
 
     /// An entry written to the store on `page` (the page numbered after its time here).
@@ -402,7 +412,7 @@ mod tests {
         let pending = entry(100);
         t.insert("pending", pending.clone());
         // Durable at once in `async` mode, but not in the store yet.
-        let unwritten = Answered::new(&Outcome::AccountChanged, true);
+        let unwritten = Answered::new(OutcomeRef::AccountChanged, true);
         t.insert("unwritten", IdemEntry { fingerprint: 1, answer: unwritten, created_ms: 200 });
         t.insert("r300", written(300));
         t.insert("r400", written(400));

@@ -4,7 +4,7 @@
 use super::idempotency::Answered;
 use super::outcome::*;
 use super::request::*;
-use super::{idem_key, settle, Answer, Change, Durable, Engine};
+use super::{idem_key, settle, Answer, Change, Durable, Engine, Reply};
 use crate::domain::account::Account;
 use crate::domain::grant;
 use crate::domain::hold::Hold;
@@ -118,8 +118,10 @@ impl Engine {
         entry.denial = denial;
         entry.credits = charged;
         entry.allocations = allocations;
+        // Usually the only entry: the default growth would make room for four.
+        entries.reserve_exact(1);
         entries.push(entry);
-        let answer = key.map(|k| (k, fingerprint, Outcome::Deduct(outcome.clone())));
+        let answer = key.map(|key| Reply { key, fingerprint, outcome: OutcomeRef::Deduct(&outcome), at: now });
         let durable = self.record(&cell, &mut slot, Change { entries, answer, wait: true, ..Change::default() });
         Ok((durable, fresh(outcome)))
     }
@@ -207,8 +209,9 @@ impl Engine {
             entry.credits = outcome.credits_held;
             entry.allocations = outcome.allocations.clone();
             entry.reservation_id = (!outcome.reservation_id.is_empty()).then(|| outcome.reservation_id.clone());
+            entries.reserve_exact(1);
             entries.push(entry);
-            let answer = Some((key, fingerprint, Outcome::Reserve(outcome.clone())));
+            let answer = Some(Reply { key, fingerprint, outcome: OutcomeRef::Reserve(&outcome), at: now });
             let durable = self.record(&cell, &mut slot, Change { entries, answer, wait: true, ..Change::default() });
             (durable, fresh(outcome))
         };
@@ -327,13 +330,14 @@ impl Engine {
             let now = self.clock.now();
             let account = slot.account();
             let mut entries = account.advance(now, &self.ids);
+            entries.reserve_exact(1);
             let result = op(self, account, now, &mut entries);
             if account.holds.is_empty() {
                 self.with_holds.remove(account_id);
             }
             match result {
                 Ok(outcome) => {
-                    let answer = Some((key, fingerprint, outcome.clone()));
+                    let answer = Some(Reply { key, fingerprint, outcome: outcome.borrowed(), at: now });
                     let durable =
                         self.record(&cell, &mut slot, Change { entries, answer, wait: true, ..Change::default() });
                     (durable, fresh(outcome))

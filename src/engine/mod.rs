@@ -29,7 +29,7 @@ use cell::{AccountCell, Pending, PendingAnswer, Slot};
 use clock::Clock;
 use dashmap::DashMap;
 use idempotency::{Answered, IdemEntry, Idempotency, Seen};
-use outcome::Outcome;
+use outcome::OutcomeRef;
 pub use restore::Restored;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -174,9 +174,9 @@ impl Engine {
         }
         // Async durability answers before the write: such answers count as durable at once.
         let must_wait = self.journal.admit();
-        let answer = change.answer.map(|(key, fingerprint, outcome)| {
-            let answer = Answered::new(&outcome, !must_wait);
-            let created_ms = self.clock.now().wall_ms();
+        let answer = change.answer.map(|Reply { key, fingerprint, outcome, at }| {
+            let answer = Answered::new(outcome, !must_wait);
+            let created_ms = at.wall_ms();
             self.idempotency.insert(&key, IdemEntry { fingerprint, answer: answer.clone(), created_ms });
             PendingAnswer { key, fingerprint, answer, created_ms }
         });
@@ -341,22 +341,32 @@ impl Engine {
 
 /// What one operation changed, for `Engine::record`.
 #[derive(Default)]
-struct Change {
+struct Change<'a> {
     entries: Vec<LedgerEntry>,
     audit: Option<AuditRecord>,
-    /// The idempotency key, the request's fingerprint and the answer to replay.
-    answer: Option<(String, u64, Outcome)>,
+    answer: Option<Reply<'a>>,
     /// The state changed even without records (e.g. Extend without a request id).
     state_changed: bool,
     /// Whether the caller waits for durability.
     wait: bool,
 }
 
-impl Change {
+impl Change<'_> {
     /// Housekeeping changes (expiries, rollovers) that nobody waits for.
-    fn maintenance(entries: Vec<LedgerEntry>) -> Change {
+    fn maintenance(entries: Vec<LedgerEntry>) -> Self {
         Change { entries, ..Change::default() }
     }
+}
+
+/// The answer to keep for a request id, so a retry gets it again.
+struct Reply<'a> {
+    /// The idempotency key (`idem_key`).
+    key: String,
+    /// The request's arguments, hashed: a retry must match them.
+    fingerprint: u64,
+    outcome: OutcomeRef<'a>,
+    /// When it was answered: the `now` the operation decided at.
+    at: crate::domain::Now,
 }
 
 /// Idempotency keys are scoped by account: two organizations never collide on an id.
@@ -413,7 +423,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
         let key = idem_key("acme", "r1");
-        let answer = Answered::new(&Outcome::AccountChanged, true);
+        let answer = Answered::new(OutcomeRef::AccountChanged, true);
         let row = idempotency::answer_row(&key, "acme", 42, &answer, SystemClock::new().now().wall_ms());
         store.write(&Batch { idempotency: vec![row], ..Batch::default() }).unwrap();
         let idempotency = Arc::new(Idempotency::new(86_400_000, 0));
