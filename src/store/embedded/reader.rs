@@ -1,6 +1,6 @@
 //! Read-only lookups off the writer's connection (WAL lets a second connection read).
 
-use super::rows::{decode, read_journal};
+use super::rows::{read_journal, unpack_decode};
 use crate::store::{IdemRow, JournalChunk, RequestLookup, StoreError};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::Path;
@@ -26,10 +26,11 @@ impl EmbeddedReader {
 impl RequestLookup for EmbeddedReader {
     fn find_answer(&self, request_id: &str, page: u64) -> Result<Option<IdemRow>, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let rows: Option<Vec<u8>> =
-            conn.query_row("SELECT rows FROM answers WHERE seq = ?1", [page as i64], |r| r.get(0)).optional()?;
-        let Some(rows) = rows else { return Ok(None) };
-        let rows: Vec<IdemRow> = decode(&rows, "answers")?;
+        let stored: Option<(Vec<u8>, i64)> = conn
+            .query_row("SELECT rows, packed FROM answers WHERE seq = ?1", [page as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((blob, packed)) = stored else { return Ok(None) };
+        let rows: Vec<IdemRow> = unpack_decode(&blob, packed, "answers")?;
         Ok(rows.into_iter().find(|r| r.request_id == request_id))
     }
 }

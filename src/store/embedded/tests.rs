@@ -212,3 +212,90 @@ fn a_second_open_of_the_same_directory_is_refused() {
     let _first = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     assert!(matches!(EmbeddedStore::open(dir.path(), Synchronous::Normal), Err(StoreError::Locked(_))));
 }
+
+/// Rows written before migration 0004 are plain postcard (`packed` = 0): the store writes
+/// packed rows now and still reads both, in every table that has them.
+#[test]
+fn rows_written_before_packing_read_back_beside_packed_ones() {
+    use crate::domain::ids::IdGenerator;
+    use crate::domain::ledger::{EntryKind, LedgerEntry};
+    use crate::store::encode_account;
+    use crate::store::RequestLookup;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = IdGenerator::default();
+    let entry = || LedgerEntry::new(ids.next_string("le_", 1_000), "a", EntryKind::Deduct, chrono::Utc::now());
+    let (old_entry, new_entry) = (entry(), entry());
+    let state = |name: &str| {
+        let mut a = Account::blank("a", chrono::Utc::now());
+        a.display_name = name.into();
+        ("a".to_string(), encode_account(&a))
+    };
+    let plain = Batch {
+        accounts: vec![state("plain")],
+        entries: vec![old_entry.clone()],
+        idempotency: vec![answered("old", 100)],
+        ..Batch::default()
+    };
+    {
+        let conn = Connection::open(EmbeddedStore::path(dir.path())).unwrap();
+        for (i, sql) in MIGRATIONS[..3].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64).unwrap();
+        }
+        let (log, entries, answers) = (
+            postcard::to_stdvec(&rows::LogRow(&plain.accounts)).unwrap(),
+            postcard::to_stdvec(&plain.entries).unwrap(),
+            postcard::to_stdvec(&plain.idempotency).unwrap(),
+        );
+        conn.execute("INSERT INTO account_log (seq, states) VALUES (1, ?1)", [log]).unwrap();
+        conn.execute("INSERT INTO journal (written_ms, high_id, entries) VALUES (1, 1, ?1)", [entries]).unwrap();
+        conn.execute("INSERT INTO answers (newest_ms, rows) VALUES (100, ?1)", [answers]).unwrap();
+    }
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    assert_eq!(store.load_account("a").unwrap().unwrap().display_name, "plain", "the plain log row");
+    let second = store
+        .write(&Batch {
+            accounts: vec![state("packed")],
+            entries: vec![new_entry.clone()],
+            idempotency: vec![answered("new", 200)],
+            ..Batch::default()
+        })
+        .unwrap()
+        .answers_page;
+    let packed: Vec<i64> = ["account_log", "journal", "answers"]
+        .iter()
+        .map(|t| store.conn.query_row(&format!("SELECT max(packed) FROM {t}"), [], |r| r.get(0)).unwrap())
+        .collect();
+    assert_eq!(packed, [rows::LZ4; 3], "new rows are packed");
+
+    let read: Vec<LedgerEntry> = store.read_journal(0, 10).unwrap().into_iter().flat_map(|c| c.entries).collect();
+    assert_eq!(read, [old_entry, new_entry]);
+    assert_eq!(answer_pages(&mut store, 0), [(second, vec!["new".to_string()]), (1, vec!["old".to_string()])]);
+    let reader = EmbeddedStore::reader(dir.path()).unwrap();
+    assert_eq!(reader.find_answer("old", 1).unwrap().unwrap().created_ms, 100);
+    assert_eq!(reader.find_answer("new", second).unwrap().unwrap().created_ms, 200);
+    drop(store);
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    assert_eq!(store.load_account("a").unwrap().unwrap().display_name, "packed", "the packed log row, reread");
+}
+
+#[test]
+fn a_damaged_or_unknown_packing_is_an_error_not_a_guess() {
+    let mut packer = rows::Packer::default();
+    let value = vec![answered("a", 1); 20];
+    let (packed, plain_len) = packer.pack(&value);
+    let packed = packed.to_vec();
+    assert_eq!(plain_len, postcard::to_stdvec(&value).unwrap().len());
+    assert!(packed.len() < plain_len, "repetitive rows shrink");
+    let back: Vec<IdemRow> = rows::unpack_decode(&packed, rows::LZ4, "answers").unwrap();
+    assert_eq!(back.len(), 20);
+
+    let mut huge = packed.clone();
+    huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = rows::unpack(&huge, rows::LZ4, "answers").unwrap_err();
+    assert!(err.to_string().contains("impossible length"), "{err}");
+    assert!(rows::unpack(&packed[..3], rows::LZ4, "answers").is_err(), "too short for a length");
+    assert!(rows::unpack(&packed[..packed.len() - 3], rows::LZ4, "answers").is_err(), "truncated");
+    let err = rows::unpack(&packed, 9, "answers").unwrap_err();
+    assert!(err.to_string().contains("newer creditd"), "{err}");
+}
