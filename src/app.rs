@@ -77,6 +77,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             durability: config.store.durability,
             flush_interval: Duration::from_millis(config.store.flush_interval_ms),
             max_backlog: config.store.async_max_backlog,
+            writer_priority: config.store.writer_priority,
         },
     );
     let options = EngineOptions {

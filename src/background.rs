@@ -40,6 +40,22 @@ pub fn lower_this_thread(nice: i32) -> bool {
     }
 }
 
+/// Puts the calling thread under the `SCHED_IDLE` policy (Linux only): it runs when nothing
+/// else of ordinary priority wants its core, and a request thread that wakes up takes the
+/// core from it at once, where a thread at a low nice value keeps it for the rest of its
+/// slice (milliseconds). Returns whether it could.
+#[allow(unsafe_code)]
+pub fn idle_this_thread() -> bool {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a plain syscall on this thread (pid 0) with a parameter that outlives it.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]
@@ -63,5 +79,21 @@ mod tests {
         })
         .await;
         assert_eq!(nice, Some(super::HOUSEKEEPING_NICE));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_idle_thread_runs_under_the_idle_policy() {
+        let policy = std::thread::spawn(|| {
+            assert!(super::idle_this_thread(), "lowering a thread's own policy needs no privilege");
+            // SAFETY: reads this thread's own policy.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::sched_getscheduler(0)
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE);
     }
 }

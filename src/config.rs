@@ -1,7 +1,7 @@
 //! Configuration: a TOML file, then `CREDITD_<SECTION>_<KEY>` environment variables, then
 //! command-line flags (flags win). Parsed and validated once, at start.
 
-use crate::journal::Durability;
+use crate::journal::{Durability, WriterPriority};
 use crate::store::embedded::Synchronous;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -60,6 +60,8 @@ pub struct StoreConfig {
     /// store as in `sync` mode (bounds memory when writes fall behind).
     pub async_max_backlog: usize,
     pub sqlite_synchronous: Synchronous,
+    /// How the journal writer yields to requests on a busy core.
+    pub writer_priority: WriterPriority,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,6 +119,7 @@ impl Default for StoreConfig {
             flush_interval_ms: 10,
             async_max_backlog: 100_000,
             sqlite_synchronous: Synchronous::Full,
+            writer_priority: WriterPriority::Idle,
         }
     }
 }
@@ -348,6 +351,16 @@ mod tests {
         assert_eq!(c.store.durability, Durability::Async);
         assert_eq!(c.store.flush_interval_ms, 7);
         assert_eq!(c.server.listen, "127.0.0.1:7002");
+    }
+
+    #[test]
+    fn the_writer_yields_at_once_unless_told_to_yield_by_share() {
+        let c = Config::load(None, std::iter::empty(), &[]).unwrap();
+        assert_eq!(c.store.writer_priority, WriterPriority::Idle);
+        let c = Config::load(None, std::iter::empty(), &["store.writer_priority=low".into()]).unwrap();
+        assert_eq!(c.store.writer_priority, WriterPriority::Low);
+        let err = Config::load(None, std::iter::empty(), &["store.writer_priority=high".into()]).unwrap_err();
+        assert!(err.to_string().contains("writer_priority"), "{err}");
     }
 
     #[test]

@@ -392,8 +392,12 @@ async fn async_durability_makes_callers_wait_once_the_writer_is_behind() {
     use creditd::journal::{Durability, JournalOptions};
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let options =
-        JournalOptions { durability: Durability::Async, flush_interval: Duration::from_millis(1), max_backlog: 3 };
+    let options = JournalOptions {
+        durability: Durability::Async,
+        flush_interval: Duration::from_millis(1),
+        max_backlog: 3,
+        ..JournalOptions::default()
+    };
     let (engine, switches) = engine_over_flaky_store(dir.path(), options).await;
     engine.flush().await.unwrap();
 
