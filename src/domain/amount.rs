@@ -142,8 +142,33 @@ fn shorten(text: &str) -> String {
 }
 
 /// The wire form of an amount: plain digits, no exponent, no trailing zeros.
+///
+/// The same text as `amount.normalize().to_string()`, written straight from the mantissa:
+/// every answer carries three or more amounts, and the formatter's general path was 7% of
+/// the server's time under batch load.
 pub fn format_credits(amount: Credits) -> String {
-    amount.normalize().to_string()
+    let amount = amount.normalize();
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(amount.mantissa().unsigned_abs());
+    let scale = amount.scale() as usize;
+    let mut text = String::with_capacity(digits.len() + scale + 3);
+    if amount.is_sign_negative() && !amount.is_zero() {
+        text.push('-');
+    }
+    match digits.len().checked_sub(scale) {
+        Some(0) | None => {
+            text.push_str("0.");
+            text.extend(std::iter::repeat_n('0', scale - digits.len()));
+            text.push_str(digits);
+        }
+        Some(whole) if scale > 0 => {
+            text.push_str(&digits[..whole]);
+            text.push('.');
+            text.push_str(&digits[whole..]);
+        }
+        Some(_) => text.push_str(digits),
+    }
+    text
 }
 
 #[cfg(test)]

@@ -31,6 +31,13 @@ proptest! {
         }
     }
 
+    /// 5. The wire form is the decimal's own text, for any value, scale and sign.
+    #[test]
+    fn format_is_the_decimals_own_text(mantissa in -(1i128 << 96) + 1..(1i128 << 96), scale in 0u32..=28) {
+        let x = Decimal::from_i128_with_scale(mantissa, scale);
+        prop_assert_eq!(format_credits(x), x.normalize().to_string());
+    }
+
     /// 5. Leading zeros are not significant: they never change the value or the verdict.
     #[test]
     fn leading_zeros_change_nothing(x in wire_decimal(), zeros in 1usize..=60) {
