@@ -13,7 +13,7 @@ use super::idempotency::Answered;
 use crate::domain::account::{Account, ResolvedHold};
 use crate::domain::audit::AuditRecord;
 use crate::domain::ledger::LedgerEntry;
-use crate::store::{decode_account, encode_account, IdemRow, StoreError};
+use crate::store::{append_lz4, decode_account, encode_account, IdemRow, StoreError};
 use chrono::{DateTime, Utc};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -218,10 +218,8 @@ thread_local! {
 fn compress(bytes: &[u8]) -> Box<[u8]> {
     SCRATCH.with_borrow_mut(|out| {
         out.clear();
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.resize(4 + lz4_flex::block::get_maximum_output_size(bytes.len()), 0);
-        let n = lz4_flex::block::compress_into(bytes, &mut out[4..]).expect("room for the worst case");
-        Box::from(&out[..4 + n])
+        append_lz4(out, bytes);
+        Box::from(out.as_slice())
     })
 }
 

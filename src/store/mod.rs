@@ -57,6 +57,17 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, StoreError> {
     decoded.map_err(|e| StoreError::Corrupt(format!("account state: {e}")))
 }
 
+/// Appends `bytes` to `out` as one LZ4 block behind its length (little-endian u32):
+/// `lz4_flex`'s size-prepended form, which `decompress_size_prepended` reads back. The form
+/// of compact accounts in memory and of the embedded store's packed rows.
+pub fn append_lz4(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.resize(start + 4 + lz4_flex::block::get_maximum_output_size(bytes.len()), 0);
+    let n = lz4_flex::block::compress_into(bytes, &mut out[start + 4..]).expect("room for the worst case");
+    out.truncate(start + 4 + n);
+}
+
 /// What start-up needs of a stored account, read without decoding the rest; `None` for the
 /// first stored form, which must be decoded.
 pub fn account_facts(bytes: &[u8]) -> Result<Option<(&str, AccountFacts)>, StoreError> {

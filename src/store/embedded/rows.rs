@@ -8,8 +8,7 @@ use std::borrow::Cow;
 
 /// How a row's blob is stored: its `packed` column (migration 0004).
 pub(super) const PLAIN: i64 = 0;
-/// An LZ4 block of the postcard bytes behind their length (little-endian u32), as
-/// `lz4_flex`'s size-prepended form.
+/// The postcard bytes as `store::append_lz4` writes them.
 pub(super) const LZ4: i64 = 1;
 
 /// Encodes the rows of a commit. Compressed, they are about a third of their size, and
@@ -26,13 +25,9 @@ impl Packer {
     pub(super) fn pack<T: serde::Serialize>(&mut self, value: &T) -> (&[u8], usize) {
         self.plain.clear();
         self.plain = postcard::to_extend(value, std::mem::take(&mut self.plain)).expect("journal records encode");
-        let plain_len = self.plain.len();
         self.packed.clear();
-        self.packed.extend_from_slice(&(plain_len as u32).to_le_bytes());
-        self.packed.resize(4 + lz4_flex::block::get_maximum_output_size(plain_len), 0);
-        let n = lz4_flex::block::compress_into(&self.plain, &mut self.packed[4..]).expect("room for the worst case");
-        self.packed.truncate(4 + n);
-        (&self.packed, plain_len)
+        crate::store::append_lz4(&mut self.packed, &self.plain);
+        (&self.packed, self.plain.len())
     }
 }
 
