@@ -1,5 +1,5 @@
-//! The process allocator (mimalloc, set in each binary) and the one option of it that shows
-//! on the hot path.
+//! The process allocator (mimalloc, set in each binary) and the two settings of the
+//! process's memory that show on the hot path.
 
 /// `mi_option_purge_delay` of `mi_option_e` in mimalloc.h. mimalloc keeps its options'
 /// numbers stable (retired options keep their slot); its Rust bindings name only some.
@@ -24,6 +24,29 @@ pub fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, NEVER) }
 }
 
+/// Maps the heap in 4 KiB pages only, never in transparent 2 MiB ones.
+///
+/// The heap grows all day (every answer is kept for retries), and mimalloc asks for huge
+/// pages. Each first touch of one then zeroes 2 MiB while the runtime thread waits, several
+/// milliseconds on a virtual machine, and every request queued behind it waits too. At
+/// half the maximum rate that was the p99: 4.1–5.3 ms against 0.9–1.5 ms with small pages
+/// (async), 5.9–6.5 ms against 3.0–3.3 ms (sync), while closed-loop throughput did not
+/// move. Small pages fault in 512 times as often, a few microseconds each, spread evenly.
+/// Redis advises the same for the same reason.
+///
+/// Applies to the whole process, to memory already mapped as well (the kernel checks at
+/// each fault), so it may run at any time; call it first thing in `main`.
+///
+/// Refused only by a kernel without the call (before 3.15); huge pages then stay.
+#[allow(unsafe_code)]
+pub fn small_pages_only() -> std::io::Result<()> {
+    // SAFETY: sets one flag of this process; no memory is passed.
+    match unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -35,5 +58,14 @@ mod tests {
         // SAFETY: reads one integer option.
         let value = unsafe { libmimalloc_sys::mi_option_get(super::PURGE_DELAY) };
         assert_eq!(value, 1000, "mimalloc's default purge delay (ms); no other option defaults to it");
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_process_is_kept_to_small_pages() {
+        super::small_pages_only().expect("a kernel since 3.15 has the call");
+        // SAFETY: reads one flag of this process.
+        let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        assert_eq!(disabled, 1, "transparent huge pages stay on");
     }
 }

@@ -104,7 +104,9 @@ impl Metering for Bare {
 }
 
 fn main() {
-    creditd::allocator::keep_freed_memory(); // as creditd does
+    // As creditd does.
+    creditd::allocator::keep_freed_memory();
+    let _ = creditd::allocator::small_pages_only();
     let args = Args::parse();
     assert!(args.listen.ip().is_loopback(), "the baseline serves loopback only");
     let runtime = match args.runtime.as_str() {
