@@ -31,7 +31,7 @@ pub fn keep_freed_memory() {
 /// milliseconds on a virtual machine, and every request queued behind it waits too. At
 /// half the maximum rate that was the p99: 4.1–5.3 ms against 0.9–1.5 ms with small pages
 /// (async), 5.9–6.5 ms against 3.0–3.3 ms (sync), while closed-loop throughput did not
-/// move. Small pages fault in 512 times as often, a few microseconds each, spread evenly.
+/// move. Small pages fault 512 times as often, microseconds each, spread evenly.
 /// Redis advises the same for the same reason.
 ///
 /// Applies to the whole process, to memory already mapped as well (the kernel checks at
