@@ -5,19 +5,27 @@
 /// numbers stable (retired options keep their slot); its Rust bindings name only some.
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// Sets the process's memory up for serving: both settings below. Every binary of the
+/// project calls it, the load tests' baseline too, so ratios compare like with like.
+///
+/// Call first thing in `main`, before any other thread starts.
+pub fn set_up_process() {
+    keep_freed_memory();
+    // Before logging is set up; on a kernel too old to refuse huge pages only latency suffers.
+    let _ = small_pages_only();
+}
+
 /// Keeps freed heap pages for reuse instead of handing them back to the kernel.
 ///
 /// A request allocates on the runtime thread and the journal writer frees much of it on its
 /// own. Pages empty out, and by default mimalloc returns them to the kernel a second later,
 /// so later requests fault them back in, zeroed: a fifth of the server's time under load
 /// went to that (perf: `clear_page_erms`), and keeping the pages gives 7% (one account) to
-/// 18% (spread over 100k accounts) more deductions per second. What it costs: the heap never shrinks below its
-/// high-water mark, which for this server is its steady state (accounts, answers kept for a
-/// day) plus what one busy second of requests allocates.
-///
-/// Call first thing in `main`, before any other thread starts.
+/// 18% (spread over 100k accounts) more deductions per second. What it costs: the heap
+/// never shrinks below its high-water mark, which for this server is its steady state
+/// (accounts, answers kept for a day) plus what one busy second of requests allocates.
 #[allow(unsafe_code)]
-pub fn keep_freed_memory() {
+fn keep_freed_memory() {
     const NEVER: std::ffi::c_long = -1;
     // SAFETY: sets one integer option. mimalloc's option setter is not thread safe, and this
     // runs before any other thread exists.
@@ -35,11 +43,10 @@ pub fn keep_freed_memory() {
 /// Redis advises the same for the same reason.
 ///
 /// Applies to the whole process, to memory already mapped as well (the kernel checks at
-/// each fault), so it may run at any time; call it first thing in `main`.
-///
-/// Refused only by a kernel without the call (before 3.15); huge pages then stay.
+/// each fault). Refused only by a kernel without the call (before 3.15); huge pages then
+/// stay.
 #[allow(unsafe_code)]
-pub fn small_pages_only() -> std::io::Result<()> {
+fn small_pages_only() -> std::io::Result<()> {
     // SAFETY: sets one flag of this process; no memory is passed.
     match unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } {
         0 => Ok(()),

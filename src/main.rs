@@ -68,9 +68,7 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    creditd::allocator::keep_freed_memory();
-    // Before logging is set up; on a kernel too old to refuse huge pages only latency suffers.
-    let _ = creditd::allocator::small_pages_only();
+    creditd::allocator::set_up_process();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),

@@ -104,9 +104,7 @@ impl Metering for Bare {
 }
 
 fn main() {
-    // As creditd does.
-    creditd::allocator::keep_freed_memory();
-    let _ = creditd::allocator::small_pages_only();
+    creditd::allocator::set_up_process(); // as creditd does
     let args = Args::parse();
     assert!(args.listen.ip().is_loopback(), "the baseline serves loopback only");
     let runtime = match args.runtime.as_str() {
