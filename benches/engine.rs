@@ -1,5 +1,6 @@
 //! The engine alone, no gRPC: the pure decision, and the whole in-process hot path
-//! (idempotency, decision, ledger entry, journal hand-off) on one core.
+//! (idempotency, decision, ledger entry, journal hand-off) as the calling thread pays for
+//! it; the journal writer runs beside it on a thread of its own, as in the server.
 //!
 //! Run: `cargo bench --bench engine`. Throughput is reported as decisions per second.
 //!
@@ -27,7 +28,7 @@ use creditd::engine::{idem_key, Engine, EngineOptions, Restored};
 use creditd::journal::{Durability, Journal, JournalOptions};
 use creditd::store::embedded::{EmbeddedStore, Synchronous};
 use creditd::store::{Batch, IdemRow, Store};
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 
@@ -401,5 +402,16 @@ fn compaction(c: &mut Criterion) {
     group.finish();
 }
 
+/// The server's allocator, set up as the server sets it: with the C library's malloc
+/// instead, the engine figures measured its arena locks (the journal writer frees what
+/// requests allocate) rather than creditd.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 criterion_group!(benches, decision, engine, idempotency, burn_down, group_commit, compaction);
-criterion_main!(benches);
+
+fn main() {
+    creditd::allocator::set_up_process();
+    benches();
+    criterion::Criterion::default().configure_from_args().final_summary();
+}

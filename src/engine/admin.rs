@@ -154,7 +154,7 @@ impl Engine {
             let durable = self.record(
                 &cell,
                 &mut slot,
-                Change { entries, audit: Some(audit), answer, wait: true, ..Change::default() },
+                Change { entries, audit: Some(Box::new(audit)), answer, wait: true, ..Change::default() },
             );
             (durable, slot.account().clone())
         };
@@ -274,7 +274,7 @@ impl Engine {
             let durable = self.record(
                 &cell,
                 &mut slot,
-                Change { entries, audit: Some(audit), state_changed: true, wait: true, ..Change::default() },
+                Change { entries, audit: Some(Box::new(audit)), state_changed: true, wait: true, ..Change::default() },
             );
             (durable, slot.account().clone())
         };
@@ -347,7 +347,7 @@ impl Engine {
             let durable = self.record(
                 &cell,
                 &mut slot,
-                Change { entries, audit: Some(audit), answer, wait: true, ..Change::default() },
+                Change { entries, audit: Some(Box::new(audit)), answer, wait: true, ..Change::default() },
             );
             (durable, Answer { outcome, replayed: false })
         };
@@ -416,7 +416,7 @@ impl Engine {
             let durable = self.record(
                 &cell,
                 &mut slot,
-                Change { entries, audit: Some(audit), answer, state_changed: true, wait: true },
+                Change { entries, audit: Some(Box::new(audit)), answer, state_changed: true, wait: true },
             );
             (durable, Answer { outcome, replayed: false })
         };

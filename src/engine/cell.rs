@@ -26,7 +26,9 @@ pub type Waiter = oneshot::Sender<Result<(), StoreError>>;
 #[derive(Debug, Default)]
 pub struct Pending {
     pub entries: Vec<LedgerEntry>,
-    pub audit: Option<AuditRecord>,
+    /// Boxed: only administrative changes have one, and an account's queue of changes can
+    /// hold a whole backlog (`journal.max_backlog` of them, in async mode).
+    pub audit: Option<Box<AuditRecord>>,
     pub answer: Option<PendingAnswer>,
     pub waiter: Option<Waiter>,
 }

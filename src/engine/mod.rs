@@ -343,7 +343,7 @@ impl Engine {
 #[derive(Default)]
 struct Change<'a> {
     entries: Vec<LedgerEntry>,
-    audit: Option<AuditRecord>,
+    audit: Option<Box<AuditRecord>>,
     answer: Option<Reply<'a>>,
     /// The state changed even without records (e.g. Extend without a request id).
     state_changed: bool,

@@ -273,7 +273,7 @@ impl Writer {
                 round.batch.accounts.push((cell.id.clone(), state));
                 for mut p in pending {
                     round.batch.entries.append(&mut p.entries);
-                    round.batch.audit.extend(p.audit.take());
+                    round.batch.audit.extend(p.audit.take().map(|a| *a));
                     round.batch.idempotency.extend(p.answer.as_ref().map(|a| a.to_row(&cell.id)));
                     round.pending.push(p);
                 }
