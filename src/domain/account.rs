@@ -190,8 +190,12 @@ impl Account {
             self.roll_over(now, ids, &mut entries);
         }
         self.write_off(now, ids, &mut entries);
+        // Oldest first (a wall clock stepping back may leave one a little longer; the count
+        // stays bounded): only the front is looked at, not up to 1,024 entries every call.
         let forget_before = now.wall - chrono::Duration::hours(RESOLVED_MEMORY_HOURS);
-        self.resolved_holds.retain(|(_, _, at)| *at >= forget_before);
+        while self.resolved_holds.front().is_some_and(|(_, _, at)| *at < forget_before) {
+            self.resolved_holds.pop_front();
+        }
         entries
     }
 
@@ -404,4 +408,29 @@ pub fn hold_entry(account_id: &str, hold: &Hold, kind: EntryKind, now: Now, ids:
     e.reservation_id = Some(hold.id.clone());
     e.price_version = hold.price_version;
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resolved_hold_is_remembered_for_a_day() {
+        let start = DateTime::from_timestamp(1_750_000_000, 0).unwrap();
+        let ids = IdGenerator::default();
+        let (mut account, _) = Account::blank("org-1", start).open(Now { wall: start, mono_ms: 0 }, &ids);
+        for hour in 0..3 {
+            account.remember_resolved(
+                &format!("org-1/rs_{hour}"),
+                HoldEnd::Released,
+                start + chrono::Duration::hours(hour),
+            );
+        }
+        let later = start + chrono::Duration::minutes(25 * 60 + 30);
+        account.advance(Now { wall: later, mono_ms: 91_800_000 }, &ids);
+        let kept: Vec<&str> = account.resolved_holds.iter().map(|(id, _, _)| id.as_str()).collect();
+        assert_eq!(kept, ["org-1/rs_2"], "resolved 24.5 h and 25.5 h before: forgotten; 23.5 h: kept");
+        assert!(matches!(account.live_hold("org-1/rs_0"), Err(crate::domain::spend::HoldError::Unknown(_))));
+        assert!(matches!(account.live_hold("org-1/rs_2"), Err(crate::domain::spend::HoldError::Resolved(..))));
+    }
 }
