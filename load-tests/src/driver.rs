@@ -12,7 +12,8 @@
 //! ```
 //! Scenarios: `deduct` (one hot account), `deduct-spread` (accounts spread over
 //! `--accounts`), `deny-mix` (5% of calls hit an account with no credits), `reserve-commit`
-//! (a Reserve then a Commit per iteration), `batch100` (BatchCheckAndDeduct of 100 items),
+//! (a Reserve then a Commit per iteration), `batch100` (BatchCheckAndDeduct of 100 items for
+//! one account, each call for another),
 //! `dry-run` and `balance` (fixed bodies, for comparison with h2load).
 //! Loopback only, bounded by `--duration`, stops by itself.
 
