@@ -4,9 +4,10 @@
 //!
 //! Run: `cargo bench --bench engine`. Throughput is reported as decisions per second.
 //!
-//! Also: the idempotency lookup on a large table, burn-down across many grants, the cost
-//! per record of one group commit to the embedded store at several batch sizes, and what
-//! keeping an idle account compact costs: compacting it, and decoding it at its next use.
+//! Also: a decision among many live holds under caps, the idempotency lookup on a large
+//! table, burn-down across many grants, the cost per record of one group commit to the
+//! embedded store at several batch sizes, and what keeping an idle account compact costs:
+//! compacting it, and decoding it at its next use.
 //! Run by `cargo test --benches` (no `--bench` argument) the tables are kept small.
 
 mod common;
@@ -14,6 +15,7 @@ mod common;
 use chrono::Utc;
 use creditd::domain::account::Account;
 use creditd::domain::grant::{Allocation, Grant, GrantKind};
+use creditd::domain::hold::Hold;
 use creditd::domain::ids::IdGenerator;
 use creditd::domain::ledger::{EntryKind, LedgerEntry};
 use creditd::domain::price::{PriceChange, PriceEntry};
@@ -44,6 +46,41 @@ fn account_with_grants(n: usize, wall: chrono::DateTime<Utc>) -> Account {
     account
 }
 
+/// Three grants, spending and per-user caps far from reached, and `n` live holds of users
+/// other than the one deciding, as an organization running `n` agent sessions has.
+fn account_with_holds(n: usize, wall: chrono::DateTime<Utc>) -> Account {
+    let now = Now { wall, mono_ms: 0 };
+    let ids = IdGenerator::default();
+    let mut account = account_with_grants(3, wall);
+    account.limits.spending_cap = Some(Decimal::from(1_000_000_000));
+    account.limits.default_user_cap = Some(Decimal::from(1_000_000_000));
+    let (chat, _) = common::book_prices();
+    for i in 0..n {
+        let user = format!("user-{i}");
+        let ask = SpendAsk { user_id: Some(&user), workspace_id: None, credits: Decimal::from(1), meter: None };
+        let hold = Hold {
+            id: format!("acme/{}", ids.next_string("rs_", i as u64)),
+            request_id: format!("req-{i}"),
+            user_id: Some(user.clone()),
+            workspace_id: None,
+            price: chat.clone(),
+            price_version: 1,
+            quantity: 1000,
+            credits: Decimal::ZERO,
+            allocations: Vec::new(),
+            overdraft: Decimal::ZERO,
+            meter: None,
+            created_at: wall,
+            expires_at: wall + chrono::Duration::seconds(600),
+            deadline_ms: 600_000,
+            metadata: Default::default(),
+        };
+        account.check(&ask, now.wall).expect("the caps have room");
+        account.reserve(hold, &ask, now.wall);
+    }
+    account
+}
+
 fn decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("decision");
     // Each iteration makes 100 decisions on the same account.
@@ -54,6 +91,22 @@ fn decision(c: &mut Criterion) {
         group.bench_function(format!("check_and_deduct/{grants}_grants"), |b| {
             b.iter_batched_ref(
                 || account_with_grants(grants, now),
+                |account| {
+                    for _ in 0..100 {
+                        account.check(&ask, now).unwrap();
+                        account.deduct(&ask, now);
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    // Live holds under a spending cap and a per-user cap: every decision sums what the holds
+    // keep back (the totals are not kept as running sums), so its cost grows with them.
+    for holds in [2, 100, 1000] {
+        group.bench_function(format!("check_and_deduct/{holds}_live_holds_capped"), |b| {
+            b.iter_batched_ref(
+                || account_with_holds(holds, now),
                 |account| {
                     for _ in 0..100 {
                         account.check(&ask, now).unwrap();
