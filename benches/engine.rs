@@ -103,6 +103,22 @@ fn decision(c: &mut Criterion) {
     }
     // Live holds under a spending cap and a per-user cap: every decision sums what the holds
     // keep back (the totals are not kept as running sums), so its cost grows with them.
+    // What every operation runs first: expiring due holds (none are due here), rolling the
+    // cycle over, writing off dead grants.
+    let (ids, later) = (IdGenerator::default(), Now { wall: now, mono_ms: 1 });
+    for holds in [2, 100, 1000] {
+        group.bench_function(format!("advance/{holds}_live_holds"), |b| {
+            b.iter_batched_ref(
+                || account_with_holds(holds, now),
+                |account| {
+                    for _ in 0..100 {
+                        std::hint::black_box(account.advance(later, &ids));
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     for holds in [2, 100, 1000] {
         group.bench_function(format!("check_and_deduct/{holds}_live_holds_capped"), |b| {
             b.iter_batched_ref(

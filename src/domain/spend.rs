@@ -111,7 +111,7 @@ impl Account {
         hold.meter =
             ask.meter.map(|(meter, units)| HeldUnits { meter: meter.to_string(), kind: self.meter_kind(meter), units });
         let id = hold.id.clone();
-        self.holds.insert(id.clone(), hold);
+        self.keep_hold(hold);
         &self.holds[&id]
     }
 
@@ -195,7 +195,7 @@ impl Account {
 
         if !is_final {
             s.still_held = hold.credits;
-            self.holds.insert(hold.id.clone(), hold);
+            self.keep_hold(hold);
         }
         Ok(s)
     }
@@ -209,6 +209,7 @@ impl Account {
     /// Moves a live hold's expiry to `ttl_ms` from now.
     pub fn extend(&mut self, hold_id: &str, ttl_ms: u64, now: Now) -> Result<&Hold, HoldError> {
         self.live_hold(hold_id)?;
+        self.hold_deadline_set(now.mono_ms + ttl_ms);
         let hold = self.holds.get_mut(hold_id).expect("checked live");
         hold.deadline_ms = now.mono_ms + ttl_ms;
         hold.expires_at = now.wall + chrono::Duration::milliseconds(ttl_ms as i64);
