@@ -81,6 +81,14 @@ fn account_with_holds(n: usize, wall: chrono::DateTime<Utc>) -> Account {
     account
 }
 
+/// One iteration of the decision benches: 100 checked deductions on the same account.
+fn decide_100(account: &mut Account, ask: &SpendAsk, now: chrono::DateTime<Utc>) {
+    for _ in 0..100 {
+        account.check(ask, now).unwrap();
+        account.deduct(ask, now);
+    }
+}
+
 fn decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("decision");
     // Each iteration makes 100 decisions on the same account.
@@ -89,48 +97,27 @@ fn decision(c: &mut Criterion) {
     let ask = SpendAsk { user_id: Some("alice"), workspace_id: None, credits: Decimal::new(15, 4), meter: None };
     for grants in [3, 50] {
         group.bench_function(format!("check_and_deduct/{grants}_grants"), |b| {
-            b.iter_batched_ref(
-                || account_with_grants(grants, now),
-                |account| {
-                    for _ in 0..100 {
-                        account.check(&ask, now).unwrap();
-                        account.deduct(&ask, now);
-                    }
-                },
-                BatchSize::SmallInput,
-            )
+            b.iter_batched_ref(|| account_with_grants(grants, now), |a| decide_100(a, &ask, now), BatchSize::SmallInput)
         });
     }
-    // Live holds under a spending cap and a per-user cap: every decision sums what the holds
-    // keep back (the totals are not kept as running sums), so its cost grows with them.
-    // What every operation runs first: expiring due holds (none are due here), rolling the
-    // cycle over, writing off dead grants.
+    // Among live holds: what every operation runs first, `advance` (expiring due holds; none
+    // are due here), and decisions under a spending cap and a per-user cap, which add up
+    // what the holds keep back (the totals are not kept as running sums).
     let (ids, later) = (IdGenerator::default(), Now { wall: now, mono_ms: 1 });
     for holds in [2, 100, 1000] {
         group.bench_function(format!("advance/{holds}_live_holds"), |b| {
             b.iter_batched_ref(
                 || account_with_holds(holds, now),
-                |account| {
+                |a| {
                     for _ in 0..100 {
-                        std::hint::black_box(account.advance(later, &ids));
+                        std::hint::black_box(a.advance(later, &ids));
                     }
                 },
                 BatchSize::SmallInput,
             )
         });
-    }
-    for holds in [2, 100, 1000] {
         group.bench_function(format!("check_and_deduct/{holds}_live_holds_capped"), |b| {
-            b.iter_batched_ref(
-                || account_with_holds(holds, now),
-                |account| {
-                    for _ in 0..100 {
-                        account.check(&ask, now).unwrap();
-                        account.deduct(&ask, now);
-                    }
-                },
-                BatchSize::SmallInput,
-            )
+            b.iter_batched_ref(|| account_with_holds(holds, now), |a| decide_100(a, &ask, now), BatchSize::SmallInput)
         });
     }
     let price = PriceEntry {

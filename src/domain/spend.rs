@@ -209,9 +209,10 @@ impl Account {
     /// Moves a live hold's expiry to `ttl_ms` from now.
     pub fn extend(&mut self, hold_id: &str, ttl_ms: u64, now: Now) -> Result<&Hold, HoldError> {
         self.live_hold(hold_id)?;
-        self.hold_deadline_set(now.mono_ms + ttl_ms);
+        let deadline_ms = now.mono_ms + ttl_ms;
+        self.hold_deadline_set(deadline_ms);
         let hold = self.holds.get_mut(hold_id).expect("checked live");
-        hold.deadline_ms = now.mono_ms + ttl_ms;
+        hold.deadline_ms = deadline_ms;
         hold.expires_at = now.wall + chrono::Duration::milliseconds(ttl_ms as i64);
         Ok(hold)
     }

@@ -27,7 +27,7 @@ pub type Waiter = oneshot::Sender<Result<(), StoreError>>;
 pub struct Pending {
     pub entries: Vec<LedgerEntry>,
     /// Boxed: only administrative changes have one, and an account's queue of changes can
-    /// hold a whole backlog (`journal.max_backlog` of them, in async mode).
+    /// hold a whole backlog (up to `store.async_max_backlog` of them, in async mode).
     pub audit: Option<Box<AuditRecord>>,
     pub answer: Option<PendingAnswer>,
     pub waiter: Option<Waiter>,
