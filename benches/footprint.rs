@@ -219,7 +219,7 @@ fn memory(n: usize) {
         let mut slot = sample.lock();
         let a = &*slot.account();
         println!(
-            "memory: typical breakdown (heap bytes): map table {map_slot:.0}/account + key {}, Arc<AccountCell> block {} (inline Account {}), cell.id {}, id+display_name {}, plan {}, grants {} as cloned ({} x inline Grant {}; the live Vec has capacity {}), holds {} ({} x inline Hold {} in a sorted vector), limits {}, usage {}, resolved_holds {}",
+            "memory: typical breakdown (heap bytes): map table {map_slot:.0}/account + key {}, Arc<AccountCell> block {} (inline Account {}), cell.id {}, id+display_name {}, plan {}, grants {} as cloned ({} x inline Grant {}; the live Vec has capacity {}), holds {} ({} x inline Hold {} in a sorted vector, and their running sums), limits {}, usage {}, resolved_holds {}",
             a.id.len(),
             size_of::<AccountCell>() + 16,
             size_of::<Account>(),

@@ -12,6 +12,7 @@ use super::hold::{Hold, HoldEnd};
 use super::ids::IdGenerator;
 use super::ledger::{EntryKind, LedgerEntry};
 use super::limits::{Limits, MeterKind};
+use super::live_holds::LiveHolds;
 use super::Now;
 use super::SmallMap;
 use chrono::{DateTime, Utc};
@@ -102,10 +103,10 @@ pub struct Account {
     pub cycle: Cycle,
     /// Always in burn-down order.
     pub grants: Vec<Grant>,
-    /// Live holds by id. Ids increase, so a new hold is appended; ending one shifts those
-    /// after it, as cheap as the sums over all holds a decision under a cap makes anyway.
-    /// Added through `reserve`, never inserted directly: `advance` must learn the deadline.
-    pub holds: SmallMap<String, Hold>,
+    /// Live holds by id, and what they keep back as running sums. Ids increase, so a new
+    /// hold is appended; ending one shifts those after it. Added through `reserve`, never
+    /// inserted directly: `advance` must learn the deadline.
+    pub holds: LiveHolds,
     pub usage: CycleUsage,
     /// Credits owed below zero (only with an overdraft limit).
     #[serde(with = "crate::domain::amount::compact")]
@@ -181,7 +182,7 @@ impl Account {
             created_at,
             cycle: Cycle::containing(1, created_at),
             grants: Vec::new(),
-            holds: SmallMap::new(),
+            holds: LiveHolds::default(),
             usage: CycleUsage::default(),
             overdraft_used: Decimal::ZERO,
             overdraft_held: Decimal::ZERO,
@@ -287,19 +288,19 @@ impl Account {
     }
 
     pub fn held_total(&self) -> Credits {
-        self.holds.values().map(|h| h.credits).sum()
+        self.holds.credits()
     }
 
     pub fn held_by_user(&self, user: &str) -> Credits {
-        self.holds.values().filter(|h| h.user_id.as_deref() == Some(user)).map(|h| h.credits).sum()
+        self.holds.credits_of_user(user)
     }
 
     pub fn held_by_workspace(&self, workspace: &str) -> Credits {
-        self.holds.values().filter(|h| h.workspace_id.as_deref() == Some(workspace)).map(|h| h.credits).sum()
+        self.holds.credits_of_workspace(workspace)
     }
 
     pub fn meter_held(&self, meter: &str) -> u64 {
-        self.holds.values().filter_map(|h| h.meter.as_ref()).filter(|m| m.meter == meter).map(|m| m.units).sum()
+        self.holds.units_of_meter(meter)
     }
 
     /// Units of `meter` in use: this cycle's count (counters) plus units held.
@@ -313,9 +314,13 @@ impl Account {
 
     /// After loading from the store: rebuild monotonic deadlines from wall-clock expiries.
     pub fn restore_deadlines(&mut self, now: Now) {
-        for (_, hold) in self.holds.iter_mut() {
-            hold.deadline_ms = deadline_at(hold.expires_at, now);
-        }
+        self.set_hold_deadlines(|hold| Some(deadline_at(hold.expires_at, now)));
+    }
+
+    /// Sets each live hold's monotonic deadline to what `deadline` says for it, in hold
+    /// order; `None` keeps a hold's own.
+    pub fn set_hold_deadlines(&mut self, deadline: impl FnMut(&Hold) -> Option<u64>) {
+        self.holds.set_deadlines(deadline);
         self.deadline_floor = DeadlineFloor::default();
     }
 
@@ -324,7 +329,7 @@ impl Account {
     /// Adds or puts back a live hold.
     pub(super) fn keep_hold(&mut self, hold: Hold) {
         self.hold_deadline_set(hold.deadline_ms);
-        self.holds.insert(hold.id.clone(), hold);
+        self.holds.insert(hold);
     }
 
     /// Keeps `advance` from sleeping past a deadline just set.
@@ -481,7 +486,8 @@ mod tests {
 
         reserve(&mut account, "org-1/rs_c", 20_000);
         account.advance(at(10_000), &ids);
-        account.holds.get_mut("org-1/rs_c").unwrap().expires_at = start + chrono::Duration::milliseconds(10_500);
+        let stored_expiry = start + chrono::Duration::milliseconds(10_500);
+        account.holds.extend("org-1/rs_c", 20_000, stored_expiry);
         account.restore_deadlines(at(10_000));
         assert_eq!(expired(account.advance(at(11_000), &ids)), ["org-1/rs_c"], "deadlines restored after a restart");
         assert!(account.holds.is_empty());

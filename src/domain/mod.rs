@@ -10,6 +10,7 @@ pub mod hold;
 pub mod ids;
 pub mod ledger;
 pub mod limits;
+pub mod live_holds;
 pub mod price;
 #[cfg(test)]
 mod props;

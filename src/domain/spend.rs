@@ -211,10 +211,8 @@ impl Account {
         self.live_hold(hold_id)?;
         let deadline_ms = now.mono_ms + ttl_ms;
         self.hold_deadline_set(deadline_ms);
-        let hold = self.holds.get_mut(hold_id).expect("checked live");
-        hold.deadline_ms = deadline_ms;
-        hold.expires_at = now.wall + chrono::Duration::milliseconds(ttl_ms as i64);
-        Ok(hold)
+        let expires_at = now.wall + chrono::Duration::milliseconds(ttl_ms as i64);
+        Ok(self.holds.extend(hold_id, deadline_ms, expires_at).expect("checked live"))
     }
 
     /// Room left under every per-cycle spending cap that applies to this user and workspace.

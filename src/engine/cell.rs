@@ -99,9 +99,8 @@ impl Compact {
         // other it decodes in full), so this fails only for a store altered behind its back.
         let mut account = decode_account(&self.stored_state())
             .unwrap_or_else(|e| panic!("a stored account state of a known format decodes: {e}"));
-        for ((_, hold), &deadline) in account.holds.iter_mut().zip(self.deadlines.iter()) {
-            hold.deadline_ms = deadline;
-        }
+        let mut deadlines = self.deadlines.iter().copied();
+        account.set_hold_deadlines(|_| deadlines.next());
         if let Some(resolved) = self.resolved.take() {
             account.resolved_holds = *resolved;
         }

@@ -176,7 +176,7 @@ mod tests {
                 a.display_name = "x".repeat(4000);
                 if i % 10 == 0 {
                     let hold = Hold::sample(&format!("rs_{i}"), now, now + chrono::Duration::seconds(60));
-                    a.holds.insert(hold.id.clone(), hold);
+                    a.holds.insert(hold);
                 }
                 (a.id.clone(), encode(&a))
             })

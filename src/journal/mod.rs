@@ -361,9 +361,5 @@ impl Writer {
 
 /// A reloaded account keeps the monotonic deadlines its holds had in memory.
 fn restore_deadlines_like(before: &Account, after: &mut Account) {
-    for (id, hold) in after.holds.iter_mut() {
-        if let Some(h) = before.holds.get(id) {
-            hold.deadline_ms = h.deadline_ms;
-        }
-    }
+    after.set_hold_deadlines(|hold| before.holds.get(&hold.id).map(|h| h.deadline_ms));
 }

@@ -196,7 +196,7 @@ mod tests {
         a.cycle.end = "2026-12-01T00:00:00Z".parse().unwrap();
         for (i, ttl) in [(1, 60), (2, 3600)] {
             let hold = Hold::sample(&format!("org-7/rs_{i}"), now, now + chrono::Duration::seconds(ttl));
-            a.holds.insert(hold.id.clone(), hold);
+            a.holds.insert(hold);
         }
         a
     }

@@ -238,6 +238,7 @@ pub(super) fn check_conservation(acc: &Account, now: Now) -> Check {
 /// Cycle spend plus live holds stays within the spending cap and every per-user and
 /// per-workspace cap (DESIGN.md invariant 2).
 pub(super) fn check_caps(acc: &Account) -> Check {
+    prop_assert!(acc.holds.sums_agree(), "the running sums of live holds drifted from the holds");
     if let Some(cap) = acc.limits.spending_cap {
         let used = acc.usage.spend + acc.held_total();
         prop_assert!(
