@@ -101,8 +101,8 @@ fn decision(c: &mut Criterion) {
         });
     }
     // Among live holds: what every operation runs first, `advance` (expiring due holds; none
-    // are due here), and decisions under a spending cap and a per-user cap, which add up
-    // what the holds keep back (the totals are not kept as running sums).
+    // are due here), and decisions under a spending cap and a per-user cap, which weigh what
+    // the holds keep back (kept as running sums, `LiveHolds`).
     let (ids, later) = (IdGenerator::default(), Now { wall: now, mono_ms: 1 });
     for holds in [2, 100, 1000] {
         group.bench_function(format!("advance/{holds}_live_holds"), |b| {
