@@ -8,7 +8,7 @@
 use super::amount::Credits;
 use super::cycle::Cycle;
 use super::grant::{self, Grant, GrantKind, Money};
-use super::hold::{Hold, HoldEnd};
+use super::hold::{hold_entry, HoldEnd};
 use super::ids::IdGenerator;
 use super::ledger::{EntryKind, LedgerEntry};
 use super::limits::{Limits, MeterKind};
@@ -104,8 +104,7 @@ pub struct Account {
     /// Always in burn-down order.
     pub grants: Vec<Grant>,
     /// Live holds by id, and what they keep back as running sums. Ids increase, so a new
-    /// hold is appended; ending one shifts those after it. Added through `reserve`, never
-    /// inserted directly: `advance` must learn the deadline.
+    /// hold is appended; ending one shifts those after it.
     pub holds: LiveHolds,
     pub usage: CycleUsage,
     /// Credits owed below zero (only with an overdraft limit).
@@ -123,23 +122,6 @@ pub struct Account {
     /// Start of the cycle whose plan grant was issued, so it is issued once per cycle.
     #[serde(with = "crate::domain::time::compact_opt")]
     pub plan_issued_for: Option<DateTime<Utc>>,
-    /// No live hold is due before this (memory only), so [`Account::advance`], which every
-    /// operation runs, looks at each hold only once one may be due.
-    #[serde(skip)]
-    deadline_floor: DeadlineFloor,
-}
-
-/// A lower bound on the monotonic deadlines of an account's live holds; 0 (a decoded or
-/// restored account) means not known yet, so the next [`Account::advance`] looks. Lowered
-/// wherever a deadline is set; only `advance`, having looked at every hold, raises it.
-/// What it caches is in `holds`, so it takes no part in an account's equality.
-#[derive(Clone, Copy, Debug, Default)]
-struct DeadlineFloor(u64);
-
-impl PartialEq for DeadlineFloor {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
 }
 
 /// The monotonic deadline of a hold expiring at `expires_at`, as seen at `now`.
@@ -189,7 +171,6 @@ impl Account {
             totals: Totals::default(),
             resolved_holds: VecDeque::new(),
             plan_issued_for: None,
-            deadline_floor: DeadlineFloor::default(),
         }
     }
 
@@ -201,19 +182,8 @@ impl Account {
     /// off dead grants. Called before every decision and by the periodic sweep.
     pub fn advance(&mut self, now: Now, ids: &IdGenerator) -> Vec<LedgerEntry> {
         let mut entries = Vec::new();
-        if self.deadline_floor.0 <= now.mono_ms {
-            let (mut due, mut floor) = (Vec::new(), u64::MAX);
-            for h in self.holds.values() {
-                if h.deadline_ms <= now.mono_ms {
-                    due.push(h.id.clone());
-                } else {
-                    floor = floor.min(h.deadline_ms);
-                }
-            }
-            self.deadline_floor = DeadlineFloor(floor);
-            for id in due {
-                entries.push(self.end_hold(&id, HoldEnd::Expired, now, ids));
-            }
+        for id in self.holds.due(now.mono_ms) {
+            entries.push(self.end_hold(&id, HoldEnd::Expired, now, ids));
         }
         while now.wall >= self.cycle.end {
             self.roll_over(now, ids, &mut entries);
@@ -314,28 +284,10 @@ impl Account {
 
     /// After loading from the store: rebuild monotonic deadlines from wall-clock expiries.
     pub fn restore_deadlines(&mut self, now: Now) {
-        self.set_hold_deadlines(|hold| Some(deadline_at(hold.expires_at, now)));
-    }
-
-    /// Sets each live hold's monotonic deadline to what `deadline` says for it, in hold
-    /// order; `None` keeps a hold's own.
-    pub fn set_hold_deadlines(&mut self, deadline: impl FnMut(&Hold) -> Option<u64>) {
-        self.holds.set_deadlines(deadline);
-        self.deadline_floor = DeadlineFloor::default();
+        self.holds.set_deadlines(|hold| Some(deadline_at(hold.expires_at, now)));
     }
 
     // ---- internals -----------------------------------------------------------------------
-
-    /// Adds or puts back a live hold.
-    pub(super) fn keep_hold(&mut self, hold: Hold) {
-        self.hold_deadline_set(hold.deadline_ms);
-        self.holds.insert(hold);
-    }
-
-    /// Keeps `advance` from sleeping past a deadline just set.
-    pub(super) fn hold_deadline_set(&mut self, deadline_ms: u64) {
-        self.deadline_floor.0 = self.deadline_floor.0.min(deadline_ms);
-    }
 
     pub(super) fn remember_resolved(&mut self, hold_id: &str, end: HoldEnd, at: DateTime<Utc>) {
         if self.resolved_holds.len() >= RESOLVED_MEMORY_HOLDS {
@@ -440,58 +392,9 @@ fn grant_entry_kind(kind: GrantKind) -> EntryKind {
     }
 }
 
-/// An entry describing a hold, with the hold's context filled in.
-pub fn hold_entry(account_id: &str, hold: &Hold, kind: EntryKind, now: Now, ids: &IdGenerator) -> LedgerEntry {
-    let mut e = LedgerEntry::new(ids.next_string("le_", now.wall_ms()), account_id, kind, now.wall);
-    e.user_id = hold.user_id.clone();
-    e.workspace_id = hold.workspace_id.clone();
-    e.action = hold.price.action.clone();
-    e.category = hold.price.category.clone();
-    e.quantity = hold.quantity;
-    e.unit_name = hold.price.unit_name.clone();
-    e.unit_price = hold.price.credits_per_unit;
-    e.reservation_id = Some(hold.id.clone());
-    e.price_version = hold.price_version;
-    e
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `advance` skips looking at holds until one may be due: every way a deadline is set
-    /// must keep it from sleeping past that deadline.
-    #[test]
-    fn a_hold_expires_at_its_deadline_however_it_was_set() {
-        let start = DateTime::from_timestamp(1_750_000_000, 0).unwrap();
-        let at = |mono_ms: u64| Now { wall: start + chrono::Duration::milliseconds(mono_ms as i64), mono_ms };
-        let ids = IdGenerator::default();
-        let (mut account, _) = Account::blank("org-1", start).open(at(0), &ids);
-        let free = crate::domain::spend::SpendAsk { user_id: None, workspace_id: None, credits: 0.into(), meter: None };
-        let reserve = |account: &mut Account, id: &str, deadline_ms: u64| {
-            let mut hold = Hold::sample(id, start, start + chrono::Duration::milliseconds(deadline_ms as i64));
-            hold.deadline_ms = deadline_ms;
-            account.reserve(hold, &free, start);
-        };
-        let expired = |entries: Vec<LedgerEntry>| -> Vec<String> {
-            entries.into_iter().filter_map(|e| e.reservation_id).collect()
-        };
-
-        reserve(&mut account, "org-1/rs_a", 10_000);
-        assert!(expired(account.advance(at(5_000), &ids)).is_empty(), "nothing due: no hold before 10 s");
-        reserve(&mut account, "org-1/rs_b", 7_000);
-        assert_eq!(expired(account.advance(at(8_000), &ids)), ["org-1/rs_b"], "a later reserve, due sooner");
-        account.extend("org-1/rs_a", 1_000, at(8_000)).unwrap();
-        assert_eq!(expired(account.advance(at(9_500), &ids)), ["org-1/rs_a"], "an extend that shortened it");
-
-        reserve(&mut account, "org-1/rs_c", 20_000);
-        account.advance(at(10_000), &ids);
-        let stored_expiry = start + chrono::Duration::milliseconds(10_500);
-        account.holds.extend("org-1/rs_c", 20_000, stored_expiry);
-        account.restore_deadlines(at(10_000));
-        assert_eq!(expired(account.advance(at(11_000), &ids)), ["org-1/rs_c"], "deadlines restored after a restart");
-        assert!(account.holds.is_empty());
-    }
 
     #[test]
     fn a_resolved_hold_is_remembered_for_a_day() {

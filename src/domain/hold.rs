@@ -3,8 +3,11 @@
 
 use super::amount::Credits;
 use super::grant::Allocation;
+use super::ids::IdGenerator;
+use super::ledger::{EntryKind, LedgerEntry};
 use super::limits::MeterKind;
 use super::price::PriceEntry;
+use super::Now;
 use super::SmallMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -66,6 +69,21 @@ impl HoldEnd {
             HoldEnd::Expired => "expired",
         }
     }
+}
+
+/// An entry describing a hold, with the hold's context filled in.
+pub fn hold_entry(account_id: &str, hold: &Hold, kind: EntryKind, now: Now, ids: &IdGenerator) -> LedgerEntry {
+    let mut e = LedgerEntry::new(ids.next_string("le_", now.wall_ms()), account_id, kind, now.wall);
+    e.user_id = hold.user_id.clone();
+    e.workspace_id = hold.workspace_id.clone();
+    e.action = hold.price.action.clone();
+    e.category = hold.price.category.clone();
+    e.quantity = hold.quantity;
+    e.unit_name = hold.price.unit_name.clone();
+    e.unit_price = hold.price.credits_per_unit;
+    e.reservation_id = Some(hold.id.clone());
+    e.price_version = hold.price_version;
+    e
 }
 
 #[cfg(test)]

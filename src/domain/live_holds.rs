@@ -5,6 +5,9 @@
 //! The sums stay right by construction: a hold's credits, user, workspace and meter units
 //! change only while it is out of the map (taken with `remove`, put back with `insert`),
 //! and in place only its deadline may change. Reads go through `Deref` to the map.
+//!
+//! Likewise a lower bound on the holds' deadlines, so the expiry check every operation
+//! makes ([`LiveHolds::due`]) looks at each hold only once one may be due.
 
 use super::amount::Credits;
 use super::hold::Hold;
@@ -12,14 +15,15 @@ use super::SmallMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Changed through `Account` (reserve, commit, release, extend, expiry), which also keeps
-/// the account's expiry bound; `insert` directly only into an account just built or read.
 #[derive(Clone, Debug, Default)]
 pub struct LiveHolds {
     holds: SmallMap<String, Hold>,
     /// Boxed, and only while there are holds: most accounts have none, and a decoded
     /// account would otherwise carry 88 bytes of empty sums.
     sums: Option<Box<HeldSums>>,
+    /// No hold is due before this monotonic time. 0 (as read back) means not known yet.
+    /// Lowered wherever a deadline is set; raised only by `due`, having looked at all.
+    deadline_floor: u64,
 }
 
 /// What live holds keep back, overall and per user, workspace and meter. A key whose sum
@@ -36,6 +40,7 @@ impl LiveHolds {
     /// Adds `hold` (or replaces the hold with its id).
     pub(crate) fn insert(&mut self, hold: Hold) {
         self.remove(&hold.id);
+        self.deadline_floor = self.deadline_floor.min(hold.deadline_ms);
         self.sums.get_or_insert_default().count(&hold, Sign::Add);
         self.holds.insert(hold.id.clone(), hold);
     }
@@ -54,6 +59,7 @@ impl LiveHolds {
         let hold = self.holds.get_mut(id)?;
         hold.deadline_ms = deadline_ms;
         hold.expires_at = expires_at;
+        self.deadline_floor = self.deadline_floor.min(deadline_ms);
         Some(hold)
     }
 
@@ -65,6 +71,24 @@ impl LiveHolds {
                 hold.deadline_ms = d;
             }
         }
+        self.deadline_floor = 0;
+    }
+
+    /// The ids of the holds due at `now_ms` (their deadline reached), in hold order.
+    pub(crate) fn due(&mut self, now_ms: u64) -> Vec<String> {
+        if self.deadline_floor > now_ms {
+            return Vec::new();
+        }
+        let (mut due, mut floor) = (Vec::new(), u64::MAX);
+        for hold in self.holds.values() {
+            if hold.deadline_ms <= now_ms {
+                due.push(hold.id.clone());
+            } else {
+                floor = floor.min(hold.deadline_ms);
+            }
+        }
+        self.deadline_floor = floor;
+        due
     }
 
     pub fn credits(&self) -> Credits {
@@ -156,11 +180,11 @@ impl std::ops::Deref for LiveHolds {
 impl From<SmallMap<String, Hold>> for LiveHolds {
     fn from(holds: SmallMap<String, Hold>) -> Self {
         let sums = HeldSums::of(&holds);
-        LiveHolds { holds, sums }
+        LiveHolds { holds, sums, deadline_floor: 0 }
     }
 }
 
-/// The sums follow from the holds.
+/// The sums and the deadline bound follow from the holds.
 impl PartialEq for LiveHolds {
     fn eq(&self, other: &Self) -> bool {
         self.holds == other.holds
@@ -183,8 +207,12 @@ impl<'de> Deserialize<'de> for LiveHolds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::account::Account;
     use crate::domain::hold::HeldUnits;
+    use crate::domain::ids::IdGenerator;
+    use crate::domain::ledger::LedgerEntry;
     use crate::domain::limits::MeterKind;
+    use crate::domain::Now;
 
     fn hold(id: &str, credits: i64, user: Option<&str>, meter_units: Option<u64>) -> Hold {
         let now = DateTime::from_timestamp(1_750_000_000, 0).unwrap();
@@ -193,6 +221,40 @@ mod tests {
         h.user_id = user.map(str::to_string);
         h.meter = meter_units.map(|units| HeldUnits { meter: "seats".into(), kind: MeterKind::Gauge, units });
         h
+    }
+
+    /// `due` skips looking at holds until one may be due: every way a deadline is set must
+    /// keep it from sleeping past that deadline (driven through the account, as served).
+    #[test]
+    fn a_hold_expires_at_its_deadline_however_it_was_set() {
+        let start = DateTime::from_timestamp(1_750_000_000, 0).unwrap();
+        let at = |mono_ms: u64| Now { wall: start + chrono::Duration::milliseconds(mono_ms as i64), mono_ms };
+        let ids = IdGenerator::default();
+        let (mut account, _) = Account::blank("org-1", start).open(at(0), &ids);
+        let free = crate::domain::spend::SpendAsk { user_id: None, workspace_id: None, credits: 0.into(), meter: None };
+        let reserve = |account: &mut Account, id: &str, deadline_ms: u64| {
+            let mut hold = Hold::sample(id, start, start + chrono::Duration::milliseconds(deadline_ms as i64));
+            hold.deadline_ms = deadline_ms;
+            account.reserve(hold, &free, start);
+        };
+        let expired = |entries: Vec<LedgerEntry>| -> Vec<String> {
+            entries.into_iter().filter_map(|e| e.reservation_id).collect()
+        };
+
+        reserve(&mut account, "org-1/rs_a", 10_000);
+        assert!(expired(account.advance(at(5_000), &ids)).is_empty(), "nothing due: no hold before 10 s");
+        reserve(&mut account, "org-1/rs_b", 7_000);
+        assert_eq!(expired(account.advance(at(8_000), &ids)), ["org-1/rs_b"], "a later reserve, due sooner");
+        account.extend("org-1/rs_a", 1_000, at(8_000)).unwrap();
+        assert_eq!(expired(account.advance(at(9_500), &ids)), ["org-1/rs_a"], "an extend that shortened it");
+
+        reserve(&mut account, "org-1/rs_c", 20_000);
+        account.advance(at(10_000), &ids);
+        let stored_expiry = start + chrono::Duration::milliseconds(10_500);
+        account.holds.extend("org-1/rs_c", 20_000, stored_expiry);
+        account.restore_deadlines(at(10_000));
+        assert_eq!(expired(account.advance(at(11_000), &ids)), ["org-1/rs_c"], "deadlines restored after a restart");
+        assert!(account.holds.is_empty());
     }
 
     #[test]

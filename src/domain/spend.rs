@@ -111,7 +111,7 @@ impl Account {
         hold.meter =
             ask.meter.map(|(meter, units)| HeldUnits { meter: meter.to_string(), kind: self.meter_kind(meter), units });
         let id = hold.id.clone();
-        self.keep_hold(hold);
+        self.holds.insert(hold);
         &self.holds[&id]
     }
 
@@ -195,7 +195,7 @@ impl Account {
 
         if !is_final {
             s.still_held = hold.credits;
-            self.keep_hold(hold);
+            self.holds.insert(hold);
         }
         Ok(s)
     }
@@ -209,10 +209,8 @@ impl Account {
     /// Moves a live hold's expiry to `ttl_ms` from now.
     pub fn extend(&mut self, hold_id: &str, ttl_ms: u64, now: Now) -> Result<&Hold, HoldError> {
         self.live_hold(hold_id)?;
-        let deadline_ms = now.mono_ms + ttl_ms;
-        self.hold_deadline_set(deadline_ms);
         let expires_at = now.wall + chrono::Duration::milliseconds(ttl_ms as i64);
-        Ok(self.holds.extend(hold_id, deadline_ms, expires_at).expect("checked live"))
+        Ok(self.holds.extend(hold_id, now.mono_ms + ttl_ms, expires_at).expect("checked live"))
     }
 
     /// Room left under every per-cycle spending cap that applies to this user and workspace.

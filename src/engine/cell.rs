@@ -100,7 +100,7 @@ impl Compact {
         let mut account = decode_account(&self.stored_state())
             .unwrap_or_else(|e| panic!("a stored account state of a known format decodes: {e}"));
         let mut deadlines = self.deadlines.iter().copied();
-        account.set_hold_deadlines(|_| deadlines.next());
+        account.holds.set_deadlines(|_| deadlines.next());
         if let Some(resolved) = self.resolved.take() {
             account.resolved_holds = *resolved;
         }

@@ -223,7 +223,7 @@ impl Engine {
         self.on_hold(&req.reservation_id, &req.request_id, fingerprint, |engine, account, now, entries| {
             let hold = account.live_hold(&req.reservation_id).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
             let cost = hold.price.cost(req.quantity, account.precision)?;
-            let mut entry = crate::domain::account::hold_entry(&account.id, hold, EntryKind::Commit, now, &engine.ids);
+            let mut entry = crate::domain::hold::hold_entry(&account.id, hold, EntryKind::Commit, now, &engine.ids);
             // The commit's own metadata wins over the hold's on a shared key.
             entry.metadata = hold.metadata.iter().chain(&req.metadata).map(|(k, v)| (k.clone(), v.clone())).collect();
             let s = account
@@ -291,7 +291,7 @@ impl Engine {
                 .extend(&req.reservation_id, req.ttl.as_millis() as u64, now)
                 .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
             let expires_at = hold.expires_at;
-            let mut entry = crate::domain::account::hold_entry(&account_id, hold, EntryKind::Extend, now, &engine.ids);
+            let mut entry = crate::domain::hold::hold_entry(&account_id, hold, EntryKind::Extend, now, &engine.ids);
             entry.request_id = Some(req.request_id.clone());
             entry.metadata.insert("expires_at".into(), expires_at.to_rfc3339());
             entries.push(entry);

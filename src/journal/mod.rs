@@ -361,5 +361,5 @@ impl Writer {
 
 /// A reloaded account keeps the monotonic deadlines its holds had in memory.
 fn restore_deadlines_like(before: &Account, after: &mut Account) {
-    after.set_hold_deadlines(|hold| before.holds.get(&hold.id).map(|h| h.deadline_ms));
+    after.holds.set_deadlines(|hold| before.holds.get(&hold.id).map(|h| h.deadline_ms));
 }
