@@ -29,7 +29,7 @@ use creditd::engine::request::{DeductRequest, SpendTarget};
 use creditd::engine::{idem_key, Engine, EngineOptions, Restored};
 use creditd::journal::{Durability, Journal, JournalOptions};
 use creditd::store::embedded::{EmbeddedStore, Synchronous};
-use creditd::store::{Batch, IdemRow, Store};
+use creditd::store::{AnswerRow, Batch, Store};
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
 use rust_decimal::Decimal;
 use std::sync::Arc;
@@ -245,7 +245,7 @@ fn uuid(n: u64) -> String {
 }
 
 /// A table of `n` answered deducts, and its keys.
-fn answered_requests(n: usize) -> (Idempotency, Vec<String>) {
+fn answered_requests(n: usize) -> (Idempotency, Vec<Arc<str>>) {
     let now_ms = Utc::now().timestamp_millis() as u64;
     let ids = IdGenerator::default();
     let table = Idempotency::new(86_400_000, 10_000_000);
@@ -273,7 +273,7 @@ fn idempotency(c: &mut Criterion) {
     let n: usize = if full_run() { 1_000_000 } else { 10_000 };
     let built = std::cell::OnceCell::new();
     let table = || built.get_or_init(|| answered_requests(n));
-    let misses: Vec<String> =
+    let misses: Vec<Arc<str>> =
         (0..n.min(100_000)).map(|i| idem_key(&format!("org-{:07}", i % 10_000), &uuid((n + i) as u64))).collect();
     // A stride coprime with both sizes visits every key in a scattered order.
     const STRIDE: usize = 7_919;
@@ -359,11 +359,11 @@ fn burn_down(c: &mut Criterion) {
 }
 
 /// What one allowed CheckAndDeduct hands the journal: a ledger entry and an idempotency row.
-fn deduct_records(account: &str, n: u64, ids: &IdGenerator, answer: &Answered) -> (LedgerEntry, IdemRow) {
+fn deduct_records(account: &Arc<str>, n: u64, ids: &IdGenerator, answer: &Arc<Answered>) -> (LedgerEntry, AnswerRow) {
     let wall = Utc::now();
     let now_ms = wall.timestamp_millis() as u64;
     let request_id = uuid(n);
-    let mut e = LedgerEntry::new(ids.next_string("le_", now_ms), account, EntryKind::Deduct, wall);
+    let mut e = LedgerEntry::new(ids.next_string("le_", now_ms), &**account, EntryKind::Deduct, wall);
     e.user_id = Some("alice".into());
     e.action = "chat".into();
     e.category = "chat".into();
@@ -391,7 +391,7 @@ fn group_commit(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     let ids = IdGenerator::default();
-    let accounts: Vec<String> = (0..1_000).map(|i| format!("org-{i:07}")).collect();
+    let accounts: Vec<Arc<str>> = (0..1_000).map(|i| format!("org-{i:07}").into()).collect();
     let now = Now { wall: Utc::now(), mono_ms: 1_000 };
     let snapshot = common::typical_account(0, now, &ids, &mut common::Seq(0x9e37_79b9_7f4a_7c15));
     let answer = Answered::new(common::deduct_outcome(&ids, Utc::now().timestamp_millis() as u64).borrowed(), true);
@@ -407,8 +407,8 @@ fn group_commit(c: &mut Criterion) {
         }
         for account in &accounts[..snapshots] {
             let mut state = snapshot.clone();
-            state.id = account.clone();
-            batch.accounts.push((account.clone(), creditd::store::encode_account(&state)));
+            state.id = account.to_string();
+            batch.accounts.push((account.to_string(), creditd::store::encode_account(&state)));
         }
         batch
     };

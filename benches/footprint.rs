@@ -223,7 +223,8 @@ fn memory(n: usize) {
             a.id.len(),
             size_of::<AccountCell>() + 16,
             size_of::<Account>(),
-            sample.id.capacity(),
+            // An `Arc<str>` block: its two counts, then the bytes.
+            16 + sample.id.len(),
             a.id.capacity() + a.display_name.capacity(),
             heap_of(&a.plan),
             heap_of(&a.grants),

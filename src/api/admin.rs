@@ -116,7 +116,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GrantCreditsRequest>,
     ) -> Result<Response<pb::GrantCreditsResponse>, Status> {
-        let caller = caller(&request, Some(convert::request_id(&request.get_ref().request_id).map_err(Error::from)?));
+        let caller =
+            caller(&request, Some(convert::request_id(request.get_ref().request_id.clone()).map_err(Error::from)?));
         let r = request.into_inner();
         check_name("account_id", &r.account_id).map_err(Error::from)?;
         let amount = parse_credits("amount", &r.amount).map_err(Error::from)?;
@@ -160,7 +161,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RevokeGrantRequest>,
     ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
-        let caller = caller(&request, Some(convert::request_id(&request.get_ref().request_id).map_err(Error::from)?));
+        let caller =
+            caller(&request, Some(convert::request_id(request.get_ref().request_id.clone()).map_err(Error::from)?));
         let r = request.into_inner();
         check_name("account_id", &r.account_id).map_err(Error::from)?;
         check_name("grant_id", &r.grant_id).map_err(Error::from)?;

@@ -23,37 +23,38 @@ pub const MAX_METADATA_VALUE_BYTES: usize = 512;
 
 pub type Result<T> = std::result::Result<T, InvalidInput>;
 
+/// Takes the request's own strings: the hot path copies none of them.
 pub fn spend_target(
-    account_id: &str,
-    user_id: &str,
-    workspace_id: &str,
-    action: &str,
+    account_id: String,
+    user_id: String,
+    workspace_id: String,
+    action: String,
     quantity: u64,
-    metadata: &HashMap<String, String>,
+    metadata: HashMap<String, String>,
 ) -> Result<SpendTarget> {
-    check_name("account_id", account_id)?;
-    check_name("action", action)?;
+    check_name("account_id", &account_id)?;
+    check_name("action", &action)?;
     if quantity == 0 {
         return Err(InvalidInput::new("quantity", "must be at least 1"));
     }
     Ok(SpendTarget {
-        account_id: account_id.to_string(),
+        account_id,
         user_id: check_optional_name("user_id", user_id)?,
         workspace_id: check_optional_name("workspace_id", workspace_id)?,
-        action: action.to_string(),
+        action,
         quantity,
         metadata: metadata_map(metadata)?,
     })
 }
 
-pub fn metadata_map(metadata: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+pub fn metadata_map(metadata: HashMap<String, String>) -> Result<BTreeMap<String, String>> {
     if metadata.len() > MAX_METADATA_ENTRIES {
         return Err(InvalidInput::new(
             "metadata",
             format!("has {} entries; at most {MAX_METADATA_ENTRIES} are allowed", metadata.len()),
         ));
     }
-    for (k, v) in metadata {
+    for (k, v) in &metadata {
         if k.is_empty() || k.len() > MAX_METADATA_KEY_BYTES {
             return Err(InvalidInput::new("metadata", format!("key {k:?} must be 1–{MAX_METADATA_KEY_BYTES} bytes")));
         }
@@ -64,11 +65,11 @@ pub fn metadata_map(metadata: &HashMap<String, String>) -> Result<BTreeMap<Strin
             ));
         }
     }
-    Ok(metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    Ok(metadata.into_iter().collect())
 }
 
-pub fn request_id(value: &str) -> Result<String> {
-    check_request_id(value).map(|()| value.to_string())
+pub fn request_id(value: String) -> Result<String> {
+    check_request_id(&value).map(|()| value)
 }
 
 /// An optional admin request id: empty means none.
@@ -76,7 +77,7 @@ pub fn optional_request_id(value: &str) -> Result<Option<String>> {
     if value.is_empty() {
         Ok(None)
     } else {
-        request_id(value).map(Some)
+        request_id(value.to_string()).map(Some)
     }
 }
 
@@ -376,7 +377,7 @@ pub fn price_entry(i: usize, e: &pb::PriceEntry) -> Result<PriceEntry> {
         unit_name: if e.unit_name.is_empty() { "request".into() } else { e.unit_name.clone() },
         unit_size: e.unit_size.max(1),
         credits_per_unit: parse_credits(&field("credits_per_unit"), &e.credits_per_unit)?,
-        meter: check_optional_name(&field("meter"), &e.meter)?,
+        meter: check_optional_name(&field("meter"), e.meter.clone())?,
     })
 }
 
@@ -433,11 +434,13 @@ mod tests {
 
     #[test]
     fn quantity_zero_and_bad_ids_are_rejected_with_the_field() {
-        let md = HashMap::new();
-        assert_eq!(spend_target("acme", "", "", "chat", 0, &md).unwrap_err().field, "quantity");
-        assert_eq!(spend_target("ac me", "", "", "chat", 1, &md).unwrap_err().field, "account_id");
-        assert_eq!(spend_target("acme", "u/1", "", "chat", 1, &md).unwrap_err().field, "user_id");
-        assert!(spend_target("acme", "", "", "chat", u64::MAX, &md).is_ok());
+        let target = |account: &str, user: &str, quantity| {
+            spend_target(account.into(), user.into(), String::new(), "chat".into(), quantity, HashMap::new())
+        };
+        assert_eq!(target("acme", "", 0).unwrap_err().field, "quantity");
+        assert_eq!(target("ac me", "", 1).unwrap_err().field, "account_id");
+        assert_eq!(target("acme", "u/1", 1).unwrap_err().field, "user_id");
+        assert!(target("acme", "", u64::MAX).is_ok());
     }
 
     #[test]

@@ -20,12 +20,27 @@ impl MeteringService {
     }
 }
 
-fn deduct_request(r: &pb::CheckAndDeductRequest) -> Result<DeductRequest, Error> {
-    let target = convert::spend_target(&r.account_id, &r.user_id, &r.workspace_id, &r.action, r.quantity, &r.metadata)?;
+fn deduct_request(r: pb::CheckAndDeductRequest) -> Result<DeductRequest, Error> {
+    let pb::CheckAndDeductRequest {
+        account_id,
+        user_id,
+        workspace_id,
+        action,
+        quantity,
+        metadata,
+        request_id,
+        dry_run,
+        ..
+    } = r;
+    let target = convert::spend_target(account_id, user_id, workspace_id, action, quantity, metadata)?;
     // A dry run changes nothing, so it needs no request id; when one is given it is checked.
-    let request_id =
-        if r.dry_run && r.request_id.is_empty() { None } else { Some(convert::request_id(&r.request_id)?) };
-    Ok(DeductRequest { request_id, target, dry_run: r.dry_run })
+    let request_id = if dry_run && request_id.is_empty() { None } else { Some(convert::request_id(request_id)?) };
+    Ok(DeductRequest { request_id, target, dry_run })
+}
+
+/// The account to name in a denial turned into an error, kept only when one is asked for.
+fn denial_account(r: &pb::CheckAndDeductRequest) -> Option<String> {
+    r.deny_as_error.then(|| r.account_id.clone())
 }
 
 fn deduct_response(answer: Answer<DeductOutcome>) -> pb::CheckAndDeductResponse {
@@ -64,9 +79,10 @@ impl pb::metering_server::Metering for MeteringService {
         request: Request<pb::CheckAndDeductRequest>,
     ) -> Result<Response<pb::CheckAndDeductResponse>, Status> {
         let r = request.into_inner();
-        let answer = self.engine.check_and_deduct(deduct_request(&r)?).await?;
-        if let (true, Some(denial)) = (r.deny_as_error, &answer.outcome.denial) {
-            return Err(denial_as_error(&r.account_id, denial));
+        let deny_as_error = denial_account(&r);
+        let answer = self.engine.check_and_deduct(deduct_request(r)?).await?;
+        if let (Some(account_id), Some(denial)) = (deny_as_error, &answer.outcome.denial) {
+            return Err(denial_as_error(&account_id, denial));
         }
         Ok(Response::new(deduct_response(answer)))
     }
@@ -83,14 +99,15 @@ impl pb::metering_server::Metering for MeteringService {
             )
             .into());
         }
-        let parsed = items.iter().map(deduct_request).collect();
+        let deny_as_error: Vec<_> = items.iter().map(denial_account).collect();
+        let parsed = items.into_iter().map(deduct_request).collect();
         let answers = self.engine.batch_check_and_deduct(parsed).await;
-        let results = items
-            .iter()
+        let results = deny_as_error
+            .into_iter()
             .zip(answers)
-            .map(|(item, answer)| match answer {
-                Ok(a) => match (&a.outcome.denial, item.deny_as_error) {
-                    (Some(denial), true) => item_error(denial_as_error(&item.account_id, denial)),
+            .map(|(deny_as_error, answer)| match answer {
+                Ok(a) => match (&a.outcome.denial, deny_as_error) {
+                    (Some(denial), Some(account_id)) => item_error(denial_as_error(&account_id, denial)),
                     _ => pb::BatchItemResult {
                         response: Some(deduct_response(a)),
                         error_code: 0,
@@ -104,25 +121,30 @@ impl pb::metering_server::Metering for MeteringService {
     }
 
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
-        let r = request.into_inner();
+        let pb::ReserveRequest {
+            request_id,
+            account_id,
+            user_id,
+            workspace_id,
+            action,
+            quantity,
+            ttl_seconds,
+            metadata,
+            deny_as_error,
+            ..
+        } = request.into_inner();
         let opts = self.engine.options();
+        let deny_as_error = deny_as_error.then(|| account_id.clone());
         let req = ReserveRequest {
-            request_id: convert::request_id(&r.request_id).map_err(Error::from)?,
-            target: convert::spend_target(
-                &r.account_id,
-                &r.user_id,
-                &r.workspace_id,
-                &r.action,
-                r.quantity,
-                &r.metadata,
-            )
-            .map_err(Error::from)?,
-            ttl: convert::ttl("ttl_seconds", r.ttl_seconds, opts.default_hold_ttl, opts.max_hold_ttl)
+            request_id: convert::request_id(request_id).map_err(Error::from)?,
+            target: convert::spend_target(account_id, user_id, workspace_id, action, quantity, metadata)
+                .map_err(Error::from)?,
+            ttl: convert::ttl("ttl_seconds", ttl_seconds, opts.default_hold_ttl, opts.max_hold_ttl)
                 .map_err(Error::from)?,
         };
         let answer = self.engine.reserve(req).await?;
-        if let (true, Some(denial)) = (r.deny_as_error, &answer.outcome.denial) {
-            return Err(denial_as_error(&r.account_id, denial));
+        if let (Some(account_id), Some(denial)) = (deny_as_error, &answer.outcome.denial) {
+            return Err(denial_as_error(&account_id, denial));
         }
         Ok(Response::new(reserve_response(answer)))
     }
@@ -130,11 +152,11 @@ impl pb::metering_server::Metering for MeteringService {
     async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
         let r = request.into_inner();
         let req = CommitRequest {
-            request_id: convert::request_id(&r.request_id).map_err(Error::from)?,
-            reservation_id: reservation_id(&r.reservation_id)?,
+            request_id: convert::request_id(r.request_id).map_err(Error::from)?,
+            reservation_id: reservation_id(r.reservation_id)?,
             quantity: r.quantity,
             is_final: r.r#final,
-            metadata: convert::metadata_map(&r.metadata).map_err(Error::from)?,
+            metadata: convert::metadata_map(r.metadata).map_err(Error::from)?,
         };
         let a = self.engine.commit(req).await?;
         let o = a.outcome;
@@ -154,8 +176,8 @@ impl pb::metering_server::Metering for MeteringService {
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = request.into_inner();
         let req = ReleaseRequest {
-            request_id: convert::request_id(&r.request_id).map_err(Error::from)?,
-            reservation_id: reservation_id(&r.reservation_id)?,
+            request_id: convert::request_id(r.request_id).map_err(Error::from)?,
+            reservation_id: reservation_id(r.reservation_id)?,
         };
         let a = self.engine.release(req).await?;
         Ok(Response::new(pb::ReleaseResponse {
@@ -173,8 +195,8 @@ impl pb::metering_server::Metering for MeteringService {
         }
         let opts = self.engine.options();
         let req = ExtendRequest {
-            request_id: convert::request_id(&r.request_id).map_err(Error::from)?,
-            reservation_id: reservation_id(&r.reservation_id)?,
+            request_id: convert::request_id(r.request_id).map_err(Error::from)?,
+            reservation_id: reservation_id(r.reservation_id)?,
             ttl: convert::ttl("ttl_seconds", r.ttl_seconds, opts.default_hold_ttl, opts.max_hold_ttl)
                 .map_err(Error::from)?,
         };
@@ -240,11 +262,11 @@ impl pb::metering_server::Metering for MeteringService {
     }
 }
 
-fn reservation_id(value: &str) -> Result<String, Error> {
+fn reservation_id(value: String) -> Result<String, Error> {
     if value.is_empty() || value.len() > 256 {
         return Err(Error::invalid("reservation_id", "is required: pass the id Reserve returned"));
     }
-    Ok(value.to_string())
+    Ok(value)
 }
 
 fn reserve_response(answer: Answer<ReserveOutcome>) -> pb::ReserveResponse {

@@ -24,11 +24,11 @@ pub fn check_name(field: &str, value: &str) -> Result<(), InvalidInput> {
 }
 
 /// Like [`check_name`], but empty means "not given".
-pub fn check_optional_name(field: &str, value: &str) -> Result<Option<String>, InvalidInput> {
+pub fn check_optional_name(field: &str, value: String) -> Result<Option<String>, InvalidInput> {
     if value.is_empty() {
         Ok(None)
     } else {
-        check_name(field, value).map(|()| Some(value.to_string()))
+        check_name(field, &value).map(|()| Some(value))
     }
 }
 
@@ -81,9 +81,17 @@ impl IdGenerator {
 
     /// A printable id: `prefix` then 16 hex digits, so string order is time order.
     pub fn next_string(&self, prefix: &str, now_ms: u64) -> String {
-        format!("{prefix}{:016x}", self.next(now_ms))
+        let n = self.next(now_ms);
+        // Written digit by digit into a string of its exact size: `format!` went through the
+        // formatting machinery and grew its string twice, for one id per ledger entry.
+        let mut id = String::with_capacity(prefix.len() + 16);
+        id.push_str(prefix);
+        id.extend((0..16).rev().map(|i| char::from(HEX[(n >> (i * 4)) as usize & 0xf])));
+        id
     }
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The numeric part of an id made by [`IdGenerator::next_string`].
 pub fn id_number(id: &str) -> Option<u64> {
@@ -112,5 +120,14 @@ mod tests {
         let c = ids.next_string("le_", 10);
         assert!(a < b && b < c);
         assert_eq!(id_number(&c), Some(id_number(&b).unwrap() + 1));
+    }
+
+    #[test]
+    fn an_id_is_its_prefix_and_sixteen_hex_digits() {
+        let ids = IdGenerator::starting_after(0x0123_4567_89ab_cdee);
+        let id = ids.next_string("le_", 0);
+        assert_eq!(id, "le_0123456789abcdef");
+        assert_eq!(id.capacity(), id.len());
+        assert_eq!(id_number(&id), Some(0x0123_4567_89ab_cdef));
     }
 }

@@ -113,10 +113,10 @@ pub struct LedgerEntry {
 
 impl LedgerEntry {
     /// An entry of `kind` with every optional part empty; callers fill what applies.
-    pub fn new(id: String, account_id: &str, kind: EntryKind, occurred_at: DateTime<Utc>) -> Self {
+    pub fn new(id: String, account_id: impl Into<String>, kind: EntryKind, occurred_at: DateTime<Utc>) -> Self {
         LedgerEntry {
             id,
-            account_id: account_id.to_string(),
+            account_id: account_id.into(),
             kind,
             occurred_at,
             user_id: None,

@@ -13,7 +13,7 @@ use super::idempotency::Answered;
 use crate::domain::account::{Account, ResolvedHold};
 use crate::domain::audit::AuditRecord;
 use crate::domain::ledger::LedgerEntry;
-use crate::store::{append_lz4, decode_account, encode_account, IdemRow, StoreError};
+use crate::store::{append_lz4, decode_account, encode_account, AnswerRow, StoreError};
 use chrono::{DateTime, Utc};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -36,14 +36,14 @@ pub struct Pending {
 /// An answer to remember for its request id; the writer serializes it, off the hot path.
 #[derive(Debug)]
 pub struct PendingAnswer {
-    pub key: String,
+    pub key: Arc<str>,
     pub fingerprint: u64,
     pub answer: Arc<Answered>,
     pub created_ms: u64,
 }
 
 impl PendingAnswer {
-    pub fn to_row(&self, account_id: &str) -> IdemRow {
+    pub fn to_row(&self, account_id: &Arc<str>) -> AnswerRow {
         super::idempotency::answer_row(&self.key, account_id, self.fingerprint, &self.answer, self.created_ms)
     }
 }
@@ -178,23 +178,24 @@ impl Slot {
 }
 
 pub struct AccountCell {
-    pub id: String,
+    /// Shared with every answer row of the account that the journal writes.
+    pub id: Arc<str>,
     slot: Mutex<Slot>,
 }
 
 impl AccountCell {
     pub fn new(account: Account) -> Self {
-        Self::with_state(account.id.clone(), State::Live(Box::new(account)))
+        Self::with_state(account.id.as_str().into(), State::Live(Box::new(account)))
     }
 
     /// A compact cell for an account read back from the store: `stored` is its stored form,
     /// `deadlines` its holds' deadlines on this process's clock, in hold order.
-    pub fn restored(id: String, stored: &[u8], deadlines: Box<[u64]>, cycle_end: DateTime<Utc>) -> Self {
+    pub fn restored(id: Arc<str>, stored: &[u8], deadlines: Box<[u64]>, cycle_end: DateTime<Utc>) -> Self {
         let compact = Compact { stored: compress(stored), deadlines, resolved: None, cycle_end };
         Self::with_state(id, State::Compact(compact))
     }
 
-    fn with_state(id: String, state: State) -> Self {
+    fn with_state(id: Arc<str>, state: State) -> Self {
         AccountCell {
             id,
             slot: Mutex::new(Slot { state, pending: Vec::new(), queued: false, gone: false, used: false }),

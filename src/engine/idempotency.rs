@@ -9,7 +9,7 @@
 
 use super::evicted::Evicted;
 use super::outcome::{Outcome, OutcomeRef};
-use crate::store::{IdemRow, Store, StoreError};
+use crate::store::{AnswerRow, IdemRow, Store, StoreError};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -85,15 +85,21 @@ impl Answered {
     }
 }
 
-/// The stored form of an answer, for the journal.
-pub fn answer_row(key: &str, account_id: &str, fingerprint: u64, answer: &Answered, created_ms: u64) -> IdemRow {
-    IdemRow {
-        request_id: key.to_string(),
-        account_id: account_id.to_string(),
-        fingerprint,
-        outcome: answer.encoded().to_vec(),
-        created_ms,
+impl AsRef<[u8]> for Answered {
+    fn as_ref(&self) -> &[u8] {
+        &self.encoded
     }
+}
+
+/// An answer as the journal writes it, sharing the answer itself.
+pub fn answer_row(
+    key: &Arc<str>,
+    account_id: &Arc<str>,
+    fingerprint: u64,
+    answer: &Arc<Answered>,
+    created_ms: u64,
+) -> AnswerRow {
+    AnswerRow { key: key.clone(), account_id: account_id.clone(), fingerprint, outcome: answer.clone(), created_ms }
 }
 
 /// Reads an answer back from its stored form, found on `page`.
@@ -371,8 +377,8 @@ mod tests {
         e
     }
 
-    fn row(key: &str, ms: u64) -> IdemRow {
-        answer_row(key, "a", 1, &written(ms).answer, ms)
+    fn row(key: &str, ms: u64) -> AnswerRow {
+        answer_row(&key.into(), &"a".into(), 1, &written(ms).answer, ms)
     }
 
     #[test]
@@ -469,7 +475,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
         let mut broken = row("c", 800);
-        broken.outcome = vec![0xff; 3];
+        broken.outcome = Arc::new(vec![0xff; 3]);
         let older = vec![broken, row("d", 801), row("e", 802)];
         let older = store.write(&Batch { idempotency: older, ..Batch::default() }).unwrap().answers_page;
         let newer = vec![row("a", 900), row("b", 901)];

@@ -22,7 +22,7 @@ impl Engine {
         if let Some(k) = &key {
             self.recall(k).await?;
         }
-        let (durable, answer) = self.decide_deduct(&req, key)?;
+        let (durable, answer) = self.decide_deduct(req, key)?;
         settle(durable, answer).await
     }
 
@@ -40,7 +40,7 @@ impl Engine {
                         Some(k) => self.recall(k).await,
                         None => Ok(()),
                     };
-                    recalled.and_then(|()| self.decide_deduct(&req, key))
+                    recalled.and_then(|()| self.decide_deduct(req, key))
                 }
                 Err(e) => Err(e),
             };
@@ -56,11 +56,12 @@ impl Engine {
         answers
     }
 
-    /// `key`: the request's idempotency key (`deduct_key`), made once by the caller.
+    /// `key`: the request's idempotency key (`deduct_key`), made once by the caller. Takes
+    /// the request whole: its strings move into the ledger entry.
     fn decide_deduct(
         &self,
-        req: &DeductRequest,
-        key: Option<String>,
+        req: DeductRequest,
+        key: Option<Arc<str>>,
     ) -> Result<(Durable, Answer<DeductOutcome>), Error> {
         let t = &req.target;
         let Some(cell) = self.cell(&t.account_id) else {
@@ -87,8 +88,6 @@ impl Engine {
         let account = slot.account();
         let cost = price.as_ref().map(|p| p.cost(t.quantity, account.precision)).transpose()?;
         let mut entries = account.advance(now, &self.ids);
-
-        let mut entry = self.spend_entry(account, t, req.request_id.as_deref(), price.as_deref(), book.version, now);
         let (denial, charged, allocations) = match (&price, cost) {
             (Some(p), Some(cost)) => {
                 let ask = ask_for(t, p, cost);
@@ -100,13 +99,13 @@ impl Engine {
             }
             _ => (Some(Denial::new(DenialReason::UnknownAction)), Decimal::ZERO, Vec::new()),
         };
-        let outcome = DeductOutcome {
+        let mut outcome = DeductOutcome {
             denial: denial.clone(),
             credits_charged: charged,
             allocations: allocations.clone(),
             balance: account.balance(now.wall),
             cycle_spend: account.usage.spend,
-            ledger_entry_id: if req.dry_run { String::new() } else { entry.id.clone() },
+            ledger_entry_id: String::new(),
             price_version: book.version,
         };
         if req.dry_run {
@@ -114,6 +113,8 @@ impl Engine {
             self.record(&cell, &mut slot, Change::maintenance(entries));
             return Ok((None, fresh(outcome)));
         }
+        let mut entry = self.spend_entry(req.target, req.request_id, price.as_deref(), book.version, now);
+        outcome.ledger_entry_id = entry.id.clone();
         entry.kind = if denial.is_some() { EntryKind::Denied } else { EntryKind::Deduct };
         entry.denial = denial;
         entry.credits = charged;
@@ -157,7 +158,6 @@ impl Engine {
                 )));
             }
             let mut entries = account.advance(now, &self.ids);
-            let mut entry = self.spend_entry(account, t, Some(&req.request_id), price.as_deref(), book.version, now);
             let outcome = match (&price, cost) {
                 (Some(p), Some(cost)) => {
                     let ask = ask_for(t, p, cost);
@@ -187,7 +187,9 @@ impl Engine {
                             let hold = account.reserve(hold, &ask, now.wall);
                             let (id, held, allocations, expires_at) =
                                 (hold.id.clone(), hold.credits, hold.allocations.clone(), hold.expires_at);
-                            self.with_holds.insert(t.account_id.clone(), ());
+                            if !self.with_holds.contains_key(&t.account_id) {
+                                self.with_holds.insert(t.account_id.clone(), ());
+                            }
                             ReserveOutcome {
                                 denial: None,
                                 reservation_id: id,
@@ -195,7 +197,7 @@ impl Engine {
                                 allocations,
                                 expires_at: Some(expires_at),
                                 balance: account.balance(now.wall),
-                                ledger_entry_id: entry.id.clone(),
+                                ledger_entry_id: String::new(),
                                 price_version: book.version,
                             }
                         }
@@ -203,6 +205,7 @@ impl Engine {
                 }
                 _ => reserve_denied(DenialReason::UnknownAction, account.balance(now.wall)),
             };
+            let mut entry = self.spend_entry(req.target, Some(req.request_id), price.as_deref(), book.version, now);
             let outcome = ReserveOutcome { ledger_entry_id: entry.id.clone(), price_version: book.version, ..outcome };
             entry.kind = if outcome.denial.is_some() { EntryKind::Denied } else { EntryKind::Reserve };
             entry.denial = outcome.denial.clone();
@@ -352,24 +355,23 @@ impl Engine {
         settle(durable, answer).await
     }
 
-    /// A ledger entry with the request's context filled in.
+    /// A ledger entry made of the request's own context, moved rather than copied.
     fn spend_entry(
         &self,
-        account: &Account,
-        t: &SpendTarget,
-        request_id: Option<&str>,
+        t: SpendTarget,
+        request_id: Option<String>,
         price: Option<&PriceEntry>,
         version: u64,
         now: Now,
     ) -> LedgerEntry {
         let mut e =
-            LedgerEntry::new(self.ids.next_string("le_", now.wall_ms()), &account.id, EntryKind::Deduct, now.wall);
-        e.user_id = t.user_id.clone();
-        e.workspace_id = t.workspace_id.clone();
-        e.action = t.action.clone();
+            LedgerEntry::new(self.ids.next_string("le_", now.wall_ms()), t.account_id, EntryKind::Deduct, now.wall);
+        e.user_id = t.user_id;
+        e.workspace_id = t.workspace_id;
+        e.action = t.action;
         e.quantity = t.quantity;
-        e.request_id = request_id.map(str::to_string);
-        e.metadata = t.metadata.clone();
+        e.request_id = request_id;
+        e.metadata = t.metadata;
         if let Some(p) = price {
             e.category = p.category.clone();
             e.unit_name = p.unit_name.clone();
@@ -411,7 +413,7 @@ fn fresh<T>(outcome: T) -> Answer<T> {
 
 /// The stored answer to an earlier call, flagged as a replay.
 /// The idempotency key of a deduction; a dry run consumes none.
-fn deduct_key(req: &DeductRequest) -> Option<String> {
+fn deduct_key(req: &DeductRequest) -> Option<Arc<str>> {
     req.request_id.as_deref().filter(|_| !req.dry_run).map(|rid| idem_key(&req.target.account_id, rid))
 }
 

@@ -361,7 +361,7 @@ impl Change<'_> {
 /// The answer to keep for a request id, so a retry gets it again.
 struct Reply<'a> {
     /// The idempotency key (`idem_key`).
-    key: String,
+    key: Arc<str>,
     /// The request's arguments, hashed: a retry must match them.
     fingerprint: u64,
     outcome: OutcomeRef<'a>,
@@ -370,12 +370,19 @@ struct Reply<'a> {
 }
 
 /// Idempotency keys are scoped by account: two organizations never collide on an id.
-pub fn idem_key(account_id: &str, request_id: &str) -> String {
-    let mut key = String::with_capacity(account_id.len() + request_id.len() + 1);
-    key.push_str(account_id);
-    key.push('\u{1f}');
-    key.push_str(request_id);
-    key
+pub fn idem_key(account_id: &str, request_id: &str) -> Arc<str> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    // Put together in a buffer kept per thread, so the key is allocated once, shared by
+    // the request and the row the journal writes.
+    SCRATCH.with_borrow_mut(|key| {
+        key.clear();
+        key.push_str(account_id);
+        key.push('\u{1f}');
+        key.push_str(request_id);
+        Arc::from(key.as_str())
+    })
 }
 
 /// The answer to `key` on the first of `pages` that holds it.
@@ -424,7 +431,7 @@ mod tests {
         let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
         let key = idem_key("acme", "r1");
         let answer = Answered::new(OutcomeRef::AccountChanged, true);
-        let row = idempotency::answer_row(&key, "acme", 42, &answer, SystemClock::new().now().wall_ms());
+        let row = idempotency::answer_row(&key, &"acme".into(), 42, &answer, SystemClock::new().now().wall_ms());
         store.write(&Batch { idempotency: vec![row], ..Batch::default() }).unwrap();
         let idempotency = Arc::new(Idempotency::new(86_400_000, 0));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());

@@ -85,8 +85,8 @@ impl Table {
             self.with_holds.insert(id.clone(), ());
         }
         let deadlines = facts.hold_expiries.iter().map(|&at| deadline_at(at, self.now)).collect();
-        let cell = AccountCell::restored(id, state, deadlines, facts.cycle_end);
-        self.accounts.insert(cell.id.clone(), Arc::new(cell));
+        let cell = AccountCell::restored(id.as_str().into(), state, deadlines, facts.cycle_end);
+        self.accounts.insert(id, Arc::new(cell));
         Ok(())
     }
 

@@ -270,7 +270,7 @@ impl Writer {
                 // Taken, not drained: an idle account should not keep a burst's capacity.
                 let pending = std::mem::take(&mut slot.pending);
                 drop(slot);
-                round.batch.accounts.push((cell.id.clone(), state));
+                round.batch.accounts.push((cell.id.to_string(), state));
                 for mut p in pending {
                     round.batch.entries.append(&mut p.entries);
                     round.batch.audit.extend(p.audit.take().map(|a| *a));

@@ -24,11 +24,72 @@ pub enum StoreError {
 /// An answered request id as stored, with its answer encoded (`engine::idempotency`).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct IdemRow {
+    /// The idempotency key (`engine::idem_key`), not the client's bare request id.
     pub request_id: String,
     pub account_id: String,
     pub fingerprint: u64,
     pub outcome: Vec<u8>,
     pub created_ms: u64,
+}
+
+/// An answer on its way to the store, stored as an [`IdemRow`]. It shares the key, the
+/// account id and the encoded answer the engine already holds: a group commit of a
+/// thousand answers copied each of them three times, on the writer, only to free the
+/// copies after the write.
+#[derive(Clone)]
+pub struct AnswerRow {
+    pub key: Arc<str>,
+    pub account_id: Arc<str>,
+    pub fingerprint: u64,
+    pub outcome: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    pub created_ms: u64,
+}
+
+impl serde::Serialize for AnswerRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// [`IdemRow`] borrowed: the same fields in the same order, so the same bytes
+        /// (serde writes a `&[u8]` as a sequence, as it writes a `Vec<u8>`).
+        #[derive(serde::Serialize)]
+        struct Stored<'a> {
+            request_id: &'a str,
+            account_id: &'a str,
+            fingerprint: u64,
+            outcome: &'a [u8],
+            created_ms: u64,
+        }
+        Stored {
+            request_id: &self.key,
+            account_id: &self.account_id,
+            fingerprint: self.fingerprint,
+            outcome: (*self.outcome).as_ref(),
+            created_ms: self.created_ms,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl std::fmt::Debug for AnswerRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerRow")
+            .field("key", &self.key)
+            .field("account_id", &self.account_id)
+            .field("fingerprint", &self.fingerprint)
+            .field("created_ms", &self.created_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// For rows made whole, as tests and tools make them.
+impl From<IdemRow> for AnswerRow {
+    fn from(row: IdemRow) -> Self {
+        AnswerRow {
+            key: row.request_id.into(),
+            account_id: row.account_id.into(),
+            fingerprint: row.fingerprint,
+            outcome: Arc::new(row.outcome),
+            created_ms: row.created_ms,
+        }
+    }
 }
 
 /// The ledger entries of one group commit, in the order they were made.
@@ -108,7 +169,7 @@ pub struct Batch {
     /// (account id, `encode_account` of its state)
     pub accounts: Vec<(String, Vec<u8>)>,
     pub entries: Vec<LedgerEntry>,
-    pub idempotency: Vec<IdemRow>,
+    pub idempotency: Vec<AnswerRow>,
     pub audit: Vec<AuditRecord>,
     pub price_book: Option<Arc<PriceBook>>,
 }
@@ -225,5 +286,24 @@ mod tests {
         let bytes = encode_account(&account_with_holds());
         assert!(matches!(account_facts(&bytes[..3]), Err(StoreError::Corrupt(_))));
         assert!(matches!(decode_account(&bytes[..bytes.len() / 2]), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn an_answer_row_is_stored_as_the_row_it_reads_back_as() {
+        let row = IdemRow {
+            request_id: "org-7\u{1f}r-1".into(),
+            account_id: "org-7".into(),
+            fingerprint: u64::MAX - 3,
+            outcome: (0..=255).collect(),
+            created_ms: 1_750_000_000_123,
+        };
+        let sent = AnswerRow::from(row.clone());
+        let bytes = postcard::to_stdvec(&vec![sent]).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&vec![row.clone()]).unwrap());
+        let back: Vec<IdemRow> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            (back[0].request_id.as_str(), back[0].outcome.as_slice()),
+            (row.request_id.as_str(), &row.outcome[..])
+        );
     }
 }

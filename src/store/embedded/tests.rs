@@ -2,8 +2,8 @@
 
 use super::*;
 
-fn answered(id: &str, created_ms: u64) -> IdemRow {
-    IdemRow { request_id: id.into(), account_id: "a".into(), fingerprint: 7, outcome: vec![1, 2], created_ms }
+fn answered(id: &str, created_ms: u64) -> AnswerRow {
+    IdemRow { request_id: id.into(), account_id: "a".into(), fingerprint: 7, outcome: vec![1, 2], created_ms }.into()
 }
 
 #[test]
