@@ -193,12 +193,12 @@ fn memory(n: usize) {
     );
 
     // What one touched account keeps after its first group commit, done as the journal
-    // writer does it: it takes the list of pending changes, so no capacity should stay.
+    // writer does it: it takes the unwritten changes whole, so no capacity should stay.
     let before = heap();
     for cell in cache.iter() {
         let mut slot = cell.value().lock();
-        slot.pending.push(Pending::default());
-        drop(std::mem::take(&mut slot.pending));
+        slot.unwritten().pending.push(Pending::default());
+        drop(slot.take_unwritten());
     }
     let (extra, _, _) = heap().per(before, n);
     println!(

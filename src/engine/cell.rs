@@ -12,8 +12,7 @@
 use super::idempotency::Answered;
 use crate::domain::account::{Account, ResolvedHold};
 use crate::domain::audit::AuditRecord;
-use crate::domain::ledger::LedgerEntry;
-use crate::store::{append_lz4, decode_account, encode_account, AnswerRow, StoreError};
+use crate::store::{append_lz4, decode_account, encode_account, AnswerRow, EncodedEntries, StoreError};
 use chrono::{DateTime, Utc};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -22,10 +21,10 @@ use tokio::sync::oneshot;
 
 pub type Waiter = oneshot::Sender<Result<(), StoreError>>;
 
-/// One change's records, and who waits for them to be durable.
+/// One change's records but its ledger entries (`Unwritten::entries`), and who waits for
+/// them to be durable.
 #[derive(Debug, Default)]
 pub struct Pending {
-    pub entries: Vec<LedgerEntry>,
     /// Boxed: only administrative changes have one, and an account's queue of changes can
     /// hold a whole backlog (up to `store.async_max_backlog` of them, in async mode).
     pub audit: Option<Box<AuditRecord>>,
@@ -50,13 +49,22 @@ impl PendingAnswer {
 
 pub struct Slot {
     state: State,
-    pub pending: Vec<Pending>,
+    /// Boxed, and only while there are any: nearly every account has none at any moment.
+    unwritten: Option<Box<Unwritten>>,
     /// Queued for the journal writer already.
     pub queued: bool,
     /// The account's creation never became durable: treat it as absent.
     pub gone: bool,
     /// Used since the last [`Slot::compact_if_idle`].
     used: bool,
+}
+
+/// The changes made since the journal writer last took the account's, oldest first.
+#[derive(Debug, Default)]
+pub struct Unwritten {
+    pub pending: Vec<Pending>,
+    /// Their ledger entries, in order, encoded as they were made.
+    pub entries: EncodedEntries,
 }
 
 enum State {
@@ -114,6 +122,16 @@ impl Compact {
 }
 
 impl Slot {
+    /// Where a new change queues for the journal writer.
+    pub fn unwritten(&mut self) -> &mut Unwritten {
+        self.unwritten.get_or_insert_with(Default::default)
+    }
+
+    /// Every queued change, leaving none.
+    pub fn take_unwritten(&mut self) -> Unwritten {
+        self.unwritten.take().map(|u| *u).unwrap_or_default()
+    }
+
     /// The account, decoded first if it was compact. Counts as a use.
     pub fn account(&mut self) -> &mut Account {
         self.used = true;
@@ -196,10 +214,7 @@ impl AccountCell {
     }
 
     fn with_state(id: Arc<str>, state: State) -> Self {
-        AccountCell {
-            id,
-            slot: Mutex::new(Slot { state, pending: Vec::new(), queued: false, gone: false, used: false }),
-        }
+        AccountCell { id, slot: Mutex::new(Slot { state, unwritten: None, queued: false, gone: false, used: false }) }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Slot> {

@@ -186,7 +186,11 @@ impl Engine {
         } else {
             (None, None)
         };
-        slot.pending.push(Pending { entries: change.entries, audit: change.audit, answer, waiter });
+        let unwritten = slot.unwritten();
+        for entry in &change.entries {
+            unwritten.entries.push(entry);
+        }
+        unwritten.pending.push(Pending { audit: change.audit, answer, waiter });
         let mut queued = slot.queued;
         self.journal.queue(cell, &mut queued);
         slot.queued = queued;

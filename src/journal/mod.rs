@@ -19,7 +19,7 @@
 use crate::domain::account::Account;
 use crate::domain::audit::AuditRecord;
 use crate::domain::price::PriceBook;
-use crate::engine::cell::{AccountCell, Pending, Waiter};
+use crate::engine::cell::{AccountCell, Pending, Unwritten, Waiter};
 use crate::engine::clock::Clock;
 use crate::engine::idempotency::Idempotency;
 use crate::store::{Batch, Store, StoreError};
@@ -267,12 +267,12 @@ impl Writer {
                 let mut slot = cell.lock();
                 slot.queued = false;
                 let state = slot.stored_state();
-                // Taken, not drained: an idle account should not keep a burst's capacity.
-                let pending = std::mem::take(&mut slot.pending);
+                // Taken whole: an idle account keeps no burst's capacity.
+                let Unwritten { pending, entries } = slot.take_unwritten();
                 drop(slot);
+                round.batch.entries.append(entries);
                 round.batch.accounts.push((cell.id.to_string(), state));
                 for mut p in pending {
-                    round.batch.entries.append(&mut p.entries);
                     round.batch.audit.extend(p.audit.take().map(|a| *a));
                     round.batch.idempotency.extend(p.answer.as_ref().map(|a| a.to_row(&cell.id)));
                     round.pending.push(p);
@@ -355,7 +355,8 @@ impl Writer {
             }
         }
         slot.queued = false;
-        slot.pending.drain(..).collect()
+        // Their ledger entries go with them.
+        slot.take_unwritten().pending
     }
 }
 

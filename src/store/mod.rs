@@ -163,12 +163,80 @@ impl AccountFacts {
     }
 }
 
+/// Ledger entries in their stored form, encoded as they are made.
+///
+/// The hot path encodes an entry while it is still in cache and frees the entry on its own
+/// thread. Kept whole until the journal wrote them, the entries of a burst (about 700 bytes
+/// in eight blocks each) were walked and freed cold on the writer thread a commit later:
+/// in a profile of batched deducts that was a fifth of the server's time.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedEntries {
+    /// Each entry's postcard encoding, one after another.
+    bytes: Vec<u8>,
+    count: usize,
+    /// The highest ledger entry id among them.
+    high_id: u64,
+}
+
+impl EncodedEntries {
+    /// `entries`, encoded.
+    pub fn of<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Self {
+        let mut encoded = EncodedEntries::default();
+        entries.into_iter().for_each(|e| encoded.push(e));
+        encoded
+    }
+
+    pub fn push(&mut self, entry: &LedgerEntry) {
+        self.bytes = postcard::to_extend(entry, std::mem::take(&mut self.bytes)).expect("ledger entries encode");
+        self.count += 1;
+        // Every id comes from `IdGenerator`, so it always has a number.
+        self.high_id = self.high_id.max(crate::domain::ids::id_number(&entry.id).unwrap_or(0));
+    }
+
+    /// Puts `other`'s entries after these.
+    pub fn append(&mut self, other: EncodedEntries) {
+        if self.count == 0 && self.bytes.capacity() < other.bytes.len() {
+            // Takes the buffer itself rather than copy it into a smaller one.
+            *self = other;
+            return;
+        }
+        self.bytes.extend_from_slice(&other.bytes);
+        self.count += other.count;
+        self.high_id = self.high_id.max(other.high_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn high_id(&self) -> u64 {
+        self.high_id
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.count = 0;
+        self.high_id = 0;
+    }
+
+    /// Appends the stored form of the whole sequence to `out`: the bytes postcard writes for
+    /// a `Vec<LedgerEntry>` (its length as a varint, then each entry), so it reads back as one.
+    pub fn write_stored(&self, out: &mut Vec<u8>) {
+        *out = postcard::to_extend(&self.count, std::mem::take(out)).expect("a length encodes");
+        out.extend_from_slice(&self.bytes);
+    }
+}
+
 /// One group commit: account states and the records that produced them, written atomically.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// (account id, `encode_account` of its state)
     pub accounts: Vec<(String, Vec<u8>)>,
-    pub entries: Vec<LedgerEntry>,
+    pub entries: EncodedEntries,
     pub idempotency: Vec<AnswerRow>,
     pub audit: Vec<AuditRecord>,
     pub price_book: Option<Arc<PriceBook>>,
@@ -305,5 +373,36 @@ mod tests {
             (back[0].request_id.as_str(), back[0].outcome.as_slice()),
             (row.request_id.as_str(), &row.outcome[..])
         );
+    }
+
+    #[test]
+    fn encoded_entries_are_stored_as_the_list_they_read_back_as() {
+        use crate::domain::ids::IdGenerator;
+        use crate::domain::ledger::EntryKind;
+        let ids = IdGenerator::default();
+        let entry = |ms, action: &str| {
+            let mut e = LedgerEntry::new(ids.next_string("le_", ms), "org-7", EntryKind::Deduct, Utc::now());
+            e.action = action.into();
+            e
+        };
+        let (first, second, third) = (entry(3_000, "chat"), entry(1_000, "embed"), entry(2_000, "chat"));
+        let mut encoded = EncodedEntries::of([&first]);
+        encoded.append(EncodedEntries::of([&second, &third]));
+        assert_eq!(encoded.len(), 3);
+        assert_eq!(encoded.high_id(), crate::domain::ids::id_number(&third.id).unwrap());
+        let mut stored = Vec::new();
+        encoded.write_stored(&mut stored);
+        let all = vec![first, second, third];
+        assert_eq!(stored, postcard::to_stdvec(&all).unwrap());
+        assert_eq!(postcard::from_bytes::<Vec<LedgerEntry>>(&stored).unwrap(), all);
+
+        let mut into_empty = EncodedEntries::default();
+        into_empty.append(encoded);
+        let mut again = Vec::new();
+        into_empty.write_stored(&mut again);
+        assert_eq!(again, stored);
+        into_empty.clear();
+        into_empty.append(EncodedEntries::of(&all[..1]));
+        assert_eq!((into_empty.len(), into_empty.high_id()), (1, crate::domain::ids::id_number(&all[0].id).unwrap()));
     }
 }

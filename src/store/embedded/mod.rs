@@ -18,7 +18,6 @@ use super::account_log::AccountLog;
 use super::AnswerRow;
 use super::{decode_account, Batch, IdemRow, JournalChunk, Pruned, Recovered, Store, StoreError, Written};
 use crate::domain::account::Account;
-use crate::domain::ids::id_number;
 use fs4::fs_std::FileExt;
 use rows::{read_account_log, read_journal, unpack_decode, LogRow, Packer, LZ4};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -176,12 +175,8 @@ impl Store for EmbeddedStore {
             }
             let mut high_id = self.high_id;
             if !batch.entries.is_empty() {
-                for e in &batch.entries {
-                    let id =
-                        id_number(&e.id).ok_or_else(|| StoreError::Corrupt(format!("ledger entry id {:?}", e.id)))?;
-                    high_id = high_id.max(id);
-                }
-                let (row, _) = self.packer.pack(&batch.entries);
+                high_id = high_id.max(batch.entries.high_id());
+                let (row, _) = self.packer.pack_with(|plain| batch.entries.write_stored(plain));
                 tx.prepare_cached(
                     "INSERT INTO journal (written_ms, high_id, entries, packed) VALUES (?1, ?2, ?3, ?4)",
                 )?

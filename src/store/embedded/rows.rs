@@ -23,8 +23,15 @@ pub(super) struct Packer {
 impl Packer {
     /// The stored form of `value` (packed `LZ4`) and the length of its plain encoding.
     pub(super) fn pack<T: serde::Serialize>(&mut self, value: &T) -> (&[u8], usize) {
+        self.pack_with(|plain| {
+            *plain = postcard::to_extend(value, std::mem::take(plain)).expect("journal records encode")
+        })
+    }
+
+    /// Like [`Packer::pack`], for rows `encode` writes into the (empty) plain buffer.
+    pub(super) fn pack_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> (&[u8], usize) {
         self.plain.clear();
-        self.plain = postcard::to_extend(value, std::mem::take(&mut self.plain)).expect("journal records encode");
+        encode(&mut self.plain);
         self.packed.clear();
         crate::store::append_lz4(&mut self.packed, &self.plain);
         (&self.packed, self.plain.len())

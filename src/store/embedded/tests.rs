@@ -1,6 +1,7 @@
 //! Behaviour of the embedded store against a real SQLite database in a temporary directory.
 
 use super::*;
+use crate::store::EncodedEntries;
 
 fn answered(id: &str, created_ms: u64) -> AnswerRow {
     IdemRow { request_id: id.into(), account_id: "a".into(), fingerprint: 7, outcome: vec![1, 2], created_ms }.into()
@@ -121,7 +122,7 @@ fn each_commit_puts_its_answers_on_a_page_where_they_are_found_until_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     let first = store.write(&Batch { idempotency: vec![answered("b", 100), answered("a", 200)], ..Batch::default() });
-    let none = store.write(&Batch { entries: Vec::new(), accounts: Vec::new(), ..Batch::default() });
+    let none = store.write(&Batch { entries: EncodedEntries::default(), accounts: Vec::new(), ..Batch::default() });
     let second = store.write(&Batch { idempotency: vec![answered("c", 300)], ..Batch::default() });
     let (first, second) = (first.unwrap().answers_page, second.unwrap().answers_page);
     assert_eq!(none.unwrap().answers_page, 0, "a commit without answers has no page");
@@ -165,7 +166,7 @@ fn a_store_that_indexed_evicted_answers_drops_the_index_and_keeps_every_page() {
 
 #[test]
 fn the_journal_reads_back_in_commit_order_and_new_ids_start_above_it() {
-    use crate::domain::ids::IdGenerator;
+    use crate::domain::ids::{id_number, IdGenerator};
     use crate::domain::ledger::{EntryKind, LedgerEntry};
     let dir = tempfile::tempdir().unwrap();
     let ids = IdGenerator::default();
@@ -176,8 +177,8 @@ fn the_journal_reads_back_in_commit_order_and_new_ids_start_above_it() {
     {
         let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
         // A later id can be written in an earlier commit (accounts queue independently).
-        store.write(&Batch { entries: vec![late.clone()], ..Batch::default() }).unwrap();
-        store.write(&Batch { entries: vec![early.clone()], ..Batch::default() }).unwrap();
+        store.write(&Batch { entries: EncodedEntries::of([&late]), ..Batch::default() }).unwrap();
+        store.write(&Batch { entries: EncodedEntries::of([&early]), ..Batch::default() }).unwrap();
     }
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     assert_eq!(store.recover().unwrap().id_floor, high);
@@ -232,7 +233,7 @@ fn rows_written_before_packing_read_back_beside_packed_ones() {
     };
     let plain = Batch {
         accounts: vec![state("plain")],
-        entries: vec![old_entry.clone()],
+        entries: EncodedEntries::of([&old_entry]),
         idempotency: vec![answered("old", 100)],
         ..Batch::default()
     };
@@ -244,7 +245,11 @@ fn rows_written_before_packing_read_back_beside_packed_ones() {
         }
         let (log, entries, answers) = (
             postcard::to_stdvec(&rows::LogRow(&plain.accounts)).unwrap(),
-            postcard::to_stdvec(&plain.entries).unwrap(),
+            {
+                let mut stored = Vec::new();
+                plain.entries.write_stored(&mut stored);
+                stored
+            },
             postcard::to_stdvec(&plain.idempotency).unwrap(),
         );
         conn.execute("INSERT INTO account_log (seq, states) VALUES (1, ?1)", [log]).unwrap();
@@ -256,7 +261,7 @@ fn rows_written_before_packing_read_back_beside_packed_ones() {
     let second = store
         .write(&Batch {
             accounts: vec![state("packed")],
-            entries: vec![new_entry.clone()],
+            entries: EncodedEntries::of([&new_entry]),
             idempotency: vec![answered("new", 200)],
             ..Batch::default()
         })
