@@ -385,6 +385,17 @@ async fn a_failed_write_answers_unavailable_charges_nothing_and_a_retry_charges_
     let again = engine.check_and_deduct(ask("d1", 3)).await.unwrap();
     assert!(again.replayed);
     assert_eq!(engine.get_balance("acme").unwrap().balance, 7.into(), "charged exactly once");
+
+    // The ledger holds the retry's entry alone: the failed attempt's went with its write.
+    engine.flush().await.unwrap();
+    let reader = creditd::store::embedded::EmbeddedStore::reader(dir.path()).unwrap();
+    let ledger: Vec<_> = reader.read_journal(0, 1_000).unwrap().into_iter().flat_map(|c| c.entries).collect();
+    let d1: Vec<_> = ledger.iter().filter(|e| e.request_id.as_deref() == Some("d1")).collect();
+    assert_eq!(d1.len(), 1, "{ledger:#?}");
+    assert_eq!(
+        (d1[0].kind, d1[0].credits, &d1[0].id),
+        (creditd::domain::ledger::EntryKind::Deduct, 3.into(), &first.outcome.ledger_entry_id)
+    );
 }
 
 #[tokio::test]
