@@ -1,7 +1,7 @@
 //! One account in memory: its state and the changes not yet durable, behind one lock.
 //!
 //! The lock is a std mutex: it is held only for the synchronous decision, never across an
-//! `.await`. Changes queue in `pending` in the order they were made; the journal writer
+//! `.await`. Changes queue in [`Unwritten`] in the order they were made; the journal writer
 //! takes them together with a snapshot of the state they produced, so the store always
 //! receives a state and exactly the records that led to it.
 //!

@@ -411,12 +411,12 @@ fn fresh<T>(outcome: T) -> Answer<T> {
     Answer { outcome, replayed: false }
 }
 
-/// The stored answer to an earlier call, flagged as a replay.
 /// The idempotency key of a deduction; a dry run consumes none.
 fn deduct_key(req: &DeductRequest) -> Option<Arc<str>> {
     req.request_id.as_deref().filter(|_| !req.dry_run).map(|rid| idem_key(&req.target.account_id, rid))
 }
 
+/// The stored answer to an earlier call, flagged as a replay.
 fn replayed(seen: &Answered) -> Answer<Outcome> {
     Answer { outcome: seen.outcome(), replayed: true }
 }

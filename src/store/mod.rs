@@ -166,9 +166,9 @@ impl AccountFacts {
 /// Ledger entries in their stored form, encoded as they are made.
 ///
 /// The hot path encodes an entry while it is still in cache and frees the entry on its own
-/// thread. Kept whole until the journal wrote them, the entries of a burst (about 700 bytes
-/// in eight blocks each) were walked and freed cold on the writer thread a commit later:
-/// in a profile of batched deducts that was a fifth of the server's time.
+/// thread. Kept whole until the journal wrote them, the entries of a burst (each a struct
+/// and several strings) were encoded and freed cold on the writer thread a commit later:
+/// under batched deducts that was about a sixth of the server's time.
 #[derive(Clone, Debug, Default)]
 pub struct EncodedEntries {
     /// Each entry's postcard encoding, one after another.
