@@ -2,8 +2,8 @@
 //! the audit log (who, what, when, before → after) in the same write as the change.
 
 use super::cell::AccountCell;
-use super::idempotency::Fingerprint;
 use super::outcome::{GrantOutcome, Outcome, OutcomeRef, RevokeOutcome};
+use super::request::Fingerprint;
 use super::views::BalanceView;
 use super::{idem_key, settle, Answer, Change, Engine, Reply};
 use crate::domain::account::{Account, AccountStatus, OveragePolicy, Plan, SubscriptionStatus};

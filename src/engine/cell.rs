@@ -9,7 +9,7 @@
 //! kept compact: its stored form, LZ4-compressed, with what only memory knows beside it.
 //! That is about a sixth of the decoded account; the next use decodes it again, once.
 
-use super::idempotency::Answered;
+use super::answered::Answered;
 use crate::domain::account::{Account, ResolvedHold};
 use crate::domain::audit::AuditRecord;
 use crate::store::{append_lz4, decode_account, encode_account, AnswerRow, EncodedEntries, StoreError};
@@ -43,7 +43,7 @@ pub struct PendingAnswer {
 
 impl PendingAnswer {
     pub fn to_row(&self, account_id: &Arc<str>) -> AnswerRow {
-        super::idempotency::answer_row(&self.key, account_id, self.fingerprint, &self.answer, self.created_ms)
+        super::answered::answer_row(&self.key, account_id, self.fingerprint, &self.answer, self.created_ms)
     }
 }
 

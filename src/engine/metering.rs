@@ -1,7 +1,7 @@
 //! The Metering operations: CheckAndDeduct (and its batch form), Reserve, Commit, Release,
 //! Extend. Each decides under one account lock, then waits for durability outside it.
 
-use super::idempotency::Answered;
+use super::answered::Answered;
 use super::outcome::*;
 use super::request::*;
 use super::{idem_key, settle, Answer, Change, Durable, Engine, Reply};

@@ -7,6 +7,7 @@
 //! lock; then, in `sync` durability, wait for the group commit before answering.
 
 pub mod admin;
+pub mod answered;
 pub mod cell;
 pub mod clock;
 mod evicted;
@@ -25,10 +26,11 @@ use crate::domain::price::PriceBook;
 use crate::error::Error;
 use crate::journal::Journal;
 use crate::store::{IdemRow, RequestLookup, StoreError};
+use answered::Answered;
 use cell::{AccountCell, Pending, PendingAnswer, Slot};
 use clock::Clock;
 use dashmap::DashMap;
-use idempotency::{Answered, IdemEntry, Idempotency, Seen};
+use idempotency::{IdemEntry, Idempotency, Seen};
 use outcome::OutcomeRef;
 pub use restore::Restored;
 use std::sync::{Arc, RwLock};
@@ -400,7 +402,7 @@ fn find_evicted(lookup: &dyn RequestLookup, key: &str, pages: &[u64]) -> Result<
 }
 
 fn idem_entry_from_row(row: &IdemRow, page: u64) -> Option<IdemEntry> {
-    idempotency::entry_from_row(row, page)
+    answered::entry_from_row(row, page)
         .inspect_err(|e| {
             tracing::warn!(request_id = %row.request_id, error = %e, "unreadable stored answer; the id is treated as new")
         })
@@ -435,7 +437,7 @@ mod tests {
         let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
         let key = idem_key("acme", "r1");
         let answer = Answered::new(OutcomeRef::AccountChanged, true);
-        let row = idempotency::answer_row(&key, &"acme".into(), 42, &answer, SystemClock::new().now().wall_ms());
+        let row = answered::answer_row(&key, &"acme".into(), 42, &answer, SystemClock::new().now().wall_ms());
         store.write(&Batch { idempotency: vec![row], ..Batch::default() }).unwrap();
         let idempotency = Arc::new(Idempotency::new(86_400_000, 0));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
