@@ -404,7 +404,7 @@ fn group_commit(c: &mut Criterion) {
             n += 1;
             let account = if snapshots == 1 { &accounts[0] } else { &accounts[i] };
             let (entry, row) = deduct_records(account, n, &ids, &answer);
-            batch.entries.push(&entry);
+            batch.entries.extend([&entry]);
             batch.idempotency.push(row);
         }
         for account in &accounts[..snapshots] {

@@ -189,9 +189,7 @@ impl Engine {
             (None, None)
         };
         let unwritten = slot.unwritten();
-        for entry in &change.entries {
-            unwritten.entries.push(entry);
-        }
+        unwritten.entries.extend(&change.entries);
         unwritten.pending.push(Pending { audit: change.audit, answer, waiter });
         let mut queued = slot.queued;
         self.journal.queue(cell, &mut queued);

@@ -182,15 +182,18 @@ impl EncodedEntries {
     /// `entries`, encoded.
     pub fn of<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Self {
         let mut encoded = EncodedEntries::default();
-        entries.into_iter().for_each(|e| encoded.push(e));
+        encoded.extend(entries);
         encoded
     }
 
-    pub fn push(&mut self, entry: &LedgerEntry) {
-        self.bytes = postcard::to_extend(entry, std::mem::take(&mut self.bytes)).expect("ledger entries encode");
-        self.count += 1;
-        // Every id comes from `IdGenerator`, so it always has a number.
-        self.high_id = self.high_id.max(crate::domain::ids::id_number(&entry.id).unwrap_or(0));
+    /// Encodes `entries` after these.
+    pub fn extend<'a>(&mut self, entries: impl IntoIterator<Item = &'a LedgerEntry>) {
+        for entry in entries {
+            self.bytes = postcard::to_extend(entry, std::mem::take(&mut self.bytes)).expect("ledger entries encode");
+            self.count += 1;
+            // Every id comes from `IdGenerator`, so it always has a number.
+            self.high_id = self.high_id.max(crate::domain::ids::id_number(&entry.id).unwrap_or(0));
+        }
     }
 
     /// Puts `other`'s entries after these.

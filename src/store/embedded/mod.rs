@@ -14,8 +14,6 @@ mod tests;
 pub use reader::EmbeddedReader;
 
 use super::account_log::AccountLog;
-#[cfg(test)]
-use super::AnswerRow;
 use super::{decode_account, Batch, IdemRow, JournalChunk, Pruned, Recovered, Store, StoreError, Written};
 use crate::domain::account::Account;
 use fs4::fs_std::FileExt;

@@ -1,7 +1,7 @@
 //! Behaviour of the embedded store against a real SQLite database in a temporary directory.
 
 use super::*;
-use crate::store::EncodedEntries;
+use crate::store::{AnswerRow, EncodedEntries};
 
 fn answered(id: &str, created_ms: u64) -> AnswerRow {
     IdemRow { request_id: id.into(), account_id: "a".into(), fingerprint: 7, outcome: vec![1, 2], created_ms }.into()
