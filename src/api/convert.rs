@@ -373,8 +373,8 @@ pub fn price_entry(i: usize, e: &pb::PriceEntry) -> Result<PriceEntry> {
     }
     Ok(PriceEntry {
         action: e.action.clone(),
-        category: e.category.clone(),
-        unit_name: if e.unit_name.is_empty() { "request".into() } else { e.unit_name.clone() },
+        category: e.category.as_str().into(),
+        unit_name: if e.unit_name.is_empty() { "request".into() } else { e.unit_name.as_str().into() },
         unit_size: e.unit_size.max(1),
         credits_per_unit: parse_credits(&field("credits_per_unit"), &e.credits_per_unit)?,
         meter: check_optional_name(&field("meter"), e.meter.clone())?,
@@ -384,8 +384,8 @@ pub fn price_entry(i: usize, e: &pb::PriceEntry) -> Result<PriceEntry> {
 pub fn price_entry_to_pb(e: &PriceEntry) -> pb::PriceEntry {
     pb::PriceEntry {
         action: e.action.clone(),
-        category: e.category.clone(),
-        unit_name: e.unit_name.clone(),
+        category: e.category.to_string(),
+        unit_name: e.unit_name.to_string(),
         unit_size: e.unit_size,
         credits_per_unit: credits(e.credits_per_unit),
         meter: e.meter.clone().unwrap_or_default(),

@@ -97,7 +97,7 @@ impl Hold {
             workspace_id: None,
             price: Arc::new(PriceEntry {
                 action: "chat".into(),
-                category: String::new(),
+                category: "".into(),
                 unit_name: "request".into(),
                 unit_size: 1,
                 credits_per_unit: 1.into(),

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,9 +93,10 @@ pub struct LedgerEntry {
     pub user_id: Option<String>,
     pub workspace_id: Option<String>,
     pub action: String,
-    pub category: String,
+    /// Shared with the price entry that priced it.
+    pub category: Arc<str>,
     pub quantity: u64,
-    pub unit_name: String,
+    pub unit_name: Arc<str>,
     #[serde(with = "crate::domain::amount::compact")]
     pub unit_price: Credits,
     /// Credits moved: charged, held, released, granted, expired…
@@ -122,9 +124,9 @@ impl LedgerEntry {
             user_id: None,
             workspace_id: None,
             action: String::new(),
-            category: String::new(),
+            category: Arc::default(),
             quantity: 0,
-            unit_name: String::new(),
+            unit_name: Arc::default(),
             unit_price: Decimal::ZERO,
             credits: Decimal::ZERO,
             allocations: Vec::new(),

@@ -10,8 +10,9 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PriceEntry {
     pub action: String,
-    pub category: String,
-    pub unit_name: String,
+    /// Shared with every ledger entry priced by this entry (`Arc`): a deduct copies no text.
+    pub category: Arc<str>,
+    pub unit_name: Arc<str>,
     /// Quantity units one priced unit covers (1000 for "per 1k tokens"); at least 1.
     pub unit_size: u64,
     #[serde(with = "crate::domain::amount::compact")]

@@ -325,7 +325,7 @@ async fn engine_over_flaky_store(
                 account_id: None,
                 upserts: vec![creditd::domain::price::PriceEntry {
                     action: "op".into(),
-                    category: String::new(),
+                    category: "".into(),
                     unit_name: "request".into(),
                     unit_size: 1,
                     credits_per_unit: 1.into(),
