@@ -8,7 +8,7 @@
 #   QUICK=1 load-tests/run.sh         # 1 run of 3 s per cell, 10k accounts
 #
 # Environment: SERVER_CPU (0), LOAD_CPU (1), RUNS (3), DURATION (8), WARMUP (2),
-# ACCOUNTS (100000), SCENARIOS, TARGETS, RUNTIME (current_thread | multi_thread, for every
+# ACCOUNTS (100000), SCENARIOS, TARGETS (also creditd-sync-normal), RUNTIME (current_thread | multi_thread, for every
 # server alike). Loopback only; every server is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +50,10 @@ start() { # name port
     baseline) taskset -c "$SERVER_CPU" "$bin/creditd-baseline" --listen "127.0.0.1:$2" --runtime "$RUNTIME" 2>"$work/$1.log" & ;;
     creditd-sync) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1-$2" \
       --durability sync --set "server.runtime=$RUNTIME" --log-format json 2>"$work/$1.log" & ;;
+    # Sync durability without an fsync per group commit (survives a process crash, not a
+    # power loss): not run by default; beside creditd-sync it shows what the fsync costs.
+    creditd-sync-normal) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1-$2" \
+      --durability sync --set store.sqlite_synchronous=normal --set "server.runtime=$RUNTIME" --log-format json 2>"$work/$1.log" & ;;
     creditd-async) taskset -c "$SERVER_CPU" "$bin/creditd" serve --listen "127.0.0.1:$2" --data-dir "$work/$1-$2" \
       --durability async --set "server.runtime=$RUNTIME" --log-format json 2>"$work/$1.log" & ;;
     *) echo "unknown target $1" >&2; exit 1 ;;
