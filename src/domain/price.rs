@@ -146,4 +146,32 @@ mod tests {
         assert_eq!(book.lookup("other", "chat").unwrap().credits_per_unit.to_string(), "1");
         assert!(book.lookup("acme", "video").is_none());
     }
+
+    /// Stores written before the text was shared (`String` fields) read back the same, and
+    /// the shared text is stored as those stores wrote it.
+    #[test]
+    fn shared_text_is_stored_as_plain_text_was() {
+        #[derive(Serialize)]
+        struct Unshared<'a> {
+            action: &'a str,
+            category: &'a str,
+            unit_name: &'a str,
+            unit_size: u64,
+            #[serde(with = "crate::domain::amount::compact")]
+            credits_per_unit: Credits,
+            meter: Option<&'a str>,
+        }
+        let e = entry("chat", "0.003", 1000);
+        let unshared = Unshared {
+            action: "chat",
+            category: "chat",
+            unit_name: "1k_tokens",
+            unit_size: 1000,
+            credits_per_unit: e.credits_per_unit,
+            meter: None,
+        };
+        let old = postcard::to_stdvec(&unshared).unwrap();
+        assert_eq!(postcard::to_stdvec(&e).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<PriceEntry>(&old).unwrap(), e);
+    }
 }
