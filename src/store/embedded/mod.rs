@@ -33,8 +33,10 @@ const PAGE_SIZE: i64 = 2048;
 /// Bytes of account states the log may hold before the oldest move into `accounts`. The
 /// larger, the more often an account is touched again before it moves (written once
 /// instead of at every commit); it bounds the memory beside the store and what start-up
-/// reads back from the log.
-const LOG_BUDGET: usize = 32 << 20;
+/// reads back from the log. Against 32 MiB, 64 MiB served 19% more sync calls spread over
+/// 100k accounts (p99 10.7 → 4.9 ms) for 46 more bytes per account after a 1M-account
+/// start-up (952 → 998); 128 MiB gained little more and passed 1 KiB per account.
+const LOG_BUDGET: usize = 64 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
