@@ -345,7 +345,7 @@ fn startup(n: usize) {
                 state.id = id.clone();
                 batch.accounts.push((id, creditd::store::encode_account(&state)));
             }
-            store.write(&batch).expect("write accounts");
+            store.write(&mut batch).expect("write accounts");
             i = end;
         }
     }

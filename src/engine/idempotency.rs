@@ -357,9 +357,9 @@ mod tests {
         let mut broken = row("c", 800);
         broken.outcome = Arc::new(vec![0xff; 3]);
         let older = vec![broken, row("d", 801), row("e", 802)];
-        let older = store.write(&Batch { idempotency: older, ..Batch::default() }).unwrap().answers_page;
+        let older = store.write(&mut Batch { idempotency: older, ..Batch::default() }).unwrap().answers_page;
         let newer = vec![row("a", 900), row("b", 901)];
-        let newer = store.write(&Batch { idempotency: newer, ..Batch::default() }).unwrap().answers_page;
+        let newer = store.write(&mut Batch { idempotency: newer, ..Batch::default() }).unwrap().answers_page;
 
         let t = Idempotency::new(1000, 3);
         assert_eq!(t.restore_from(&mut store, 0).unwrap(), 5);

@@ -436,7 +436,7 @@ mod tests {
         let key = idem_key("acme", "r1");
         let answer = Answered::new(OutcomeRef::AccountChanged, true);
         let row = answered::answer_row(&key, &"acme".into(), 42, &answer, SystemClock::new().now().wall_ms());
-        store.write(&Batch { idempotency: vec![row], ..Batch::default() }).unwrap();
+        store.write(&mut Batch { idempotency: vec![row], ..Batch::default() }).unwrap();
         let idempotency = Arc::new(Idempotency::new(86_400_000, 0));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
         let restored = Restored::from_store(&mut store, &idempotency, 0, clock.now()).unwrap();

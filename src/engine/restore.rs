@@ -181,7 +181,7 @@ mod tests {
                 (a.id.clone(), encode(&a))
             })
             .collect();
-        store.write(&Batch { accounts, ..Batch::default() }).unwrap();
+        store.write(&mut Batch { accounts, ..Batch::default() }).unwrap();
         (dir, store)
     }
 

@@ -301,7 +301,7 @@ impl Writer {
     }
 
     fn write(&mut self, round: &mut Round) {
-        let result = if round.batch.is_empty() { Ok(Default::default()) } else { self.store.write(&round.batch) };
+        let result = if round.batch.is_empty() { Ok(Default::default()) } else { self.store.write(&mut round.batch) };
         let mut settled = Settled::with_capacity(round.pending.len() + round.waiters.len());
         let mut changes = round.pending.len();
         match result {

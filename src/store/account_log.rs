@@ -13,11 +13,14 @@
 
 use std::collections::{HashMap, VecDeque};
 
+/// Hashed with foldhash, like the engine's maps: every commit hashes each account it logs.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The states only the log holds, and the log rows they are in.
 #[derive(Debug)]
 pub struct AccountLog {
     /// The newest logged state of each account whose table row is behind.
-    latest: HashMap<String, Logged>,
+    latest: Map<String, Logged>,
     /// (row seq, account id) in log order; an entry is stale once its account was logged
     /// again later (`latest` holds a newer seq).
     order: VecDeque<(u64, String)>,
@@ -50,7 +53,7 @@ impl AccountLog {
     /// An empty log whose rows may take up to `budget` bytes before states move to the table.
     pub fn new(budget: usize) -> Self {
         AccountLog {
-            latest: HashMap::new(),
+            latest: Map::default(),
             order: VecDeque::new(),
             rows: VecDeque::new(),
             bytes: 0,

@@ -287,7 +287,9 @@ pub struct Recovered {
 
 pub trait Store: Send + 'static {
     /// Writes a batch atomically: all of it or none of it. Its answers go on one new page.
-    fn write(&mut self, batch: &Batch) -> Result<Written, StoreError>;
+    /// Once written, the account states may have been taken out of `batch` (the store
+    /// keeps them, rather than a copy); the rest is left as it was.
+    fn write(&mut self, batch: &mut Batch) -> Result<Written, StoreError>;
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError>;
     /// About how many accounts are stored (never fewer), to size the engine's map before
     /// they stream in.

@@ -220,7 +220,10 @@ struct FlakyStore {
 }
 
 impl creditd::store::Store for FlakyStore {
-    fn write(&mut self, batch: &creditd::store::Batch) -> Result<creditd::store::Written, creditd::store::StoreError> {
+    fn write(
+        &mut self,
+        batch: &mut creditd::store::Batch,
+    ) -> Result<creditd::store::Written, creditd::store::StoreError> {
         while self.stalled.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
         }

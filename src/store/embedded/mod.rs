@@ -145,7 +145,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 impl Store for EmbeddedStore {
-    fn write(&mut self, batch: &Batch) -> Result<Written, StoreError> {
+    fn write(&mut self, batch: &mut Batch) -> Result<Written, StoreError> {
         let high_id_before = self.high_id;
         let log_seq = self.log.next_seq();
         let tx = self.conn.transaction()?;
@@ -219,7 +219,7 @@ impl Store for EmbeddedStore {
         let (checkpoint, logged, written) = checkpoint;
         self.log.checkpointed(checkpoint);
         if logged > 0 {
-            self.log.append(log_seq, logged, batch.accounts.iter().cloned());
+            self.log.append(log_seq, logged, batch.accounts.drain(..));
         }
         Ok(written)
     }

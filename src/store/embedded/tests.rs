@@ -17,8 +17,8 @@ fn every_stored_account_state_is_handed_over_once() {
         a.display_name = name.into();
         (id.to_string(), encode_account(&a))
     };
-    store.write(&Batch { accounts: vec![account("a", "first"), account("b", "b")], ..Batch::default() }).unwrap();
-    store.write(&Batch { accounts: vec![account("a", "second")], ..Batch::default() }).unwrap();
+    store.write(&mut Batch { accounts: vec![account("a", "first"), account("b", "b")], ..Batch::default() }).unwrap();
+    store.write(&mut Batch { accounts: vec![account("a", "second")], ..Batch::default() }).unwrap();
 
     assert_eq!(store.account_count().unwrap(), 2);
     let mut seen = Vec::new();
@@ -63,9 +63,11 @@ fn states_move_from_the_log_to_the_table_and_read_back_the_same() {
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     store.log.budget = 2 * state("a", 0).1.len(); // about two states
     for version in 1..=3 {
-        store.write(&Batch { accounts: vec![state("a", version), state("b", version)], ..Batch::default() }).unwrap();
+        store
+            .write(&mut Batch { accounts: vec![state("a", version), state("b", version)], ..Batch::default() })
+            .unwrap();
     }
-    store.write(&Batch { accounts: vec![state("a", 4)], ..Batch::default() }).unwrap();
+    store.write(&mut Batch { accounts: vec![state("a", 4)], ..Batch::default() }).unwrap();
     let want = [("a".to_string(), "v4".to_string()), ("b".to_string(), "v3".to_string())];
     assert_eq!(names(&mut store), want);
     assert_eq!(store.load_account("a").unwrap().unwrap().display_name, "v4", "the log's newest");
@@ -81,7 +83,7 @@ fn states_move_from_the_log_to_the_table_and_read_back_the_same() {
     // One account alone: its states replace each other and never move, yet the log stays short.
     store.log.budget = 3 * state("a", 0).1.len();
     for version in 5..=50 {
-        store.write(&Batch { accounts: vec![state("a", version)], ..Batch::default() }).unwrap();
+        store.write(&mut Batch { accounts: vec![state("a", version)], ..Batch::default() }).unwrap();
     }
     assert!(count(&store, "account_log") <= 4, "{} log rows", count(&store, "account_log"));
     assert_eq!(store.load_account("a").unwrap().unwrap().display_name, "v50");
@@ -104,7 +106,7 @@ fn prune_forgets_only_answers_past_retention() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     for i in 1..=5 {
-        store.write(&Batch { idempotency: vec![answered(&format!("r{i}"), i * 100)], ..Batch::default() }).unwrap();
+        store.write(&mut Batch { idempotency: vec![answered(&format!("r{i}"), i * 100)], ..Batch::default() }).unwrap();
     }
     assert_eq!(store.prune_requests(50).unwrap(), Pruned { pages: 0, first_kept_page: 1 });
     assert_eq!(store.prune_requests(350).unwrap(), Pruned { pages: 3, first_kept_page: 4 }, "a page per commit");
@@ -113,7 +115,7 @@ fn prune_forgets_only_answers_past_retention() {
 
     // The newest page stays, so the next is numbered after it, not from 1 again.
     assert_eq!(store.prune_requests(u64::MAX >> 1).unwrap(), Pruned { pages: 1, first_kept_page: 5 });
-    let next = store.write(&Batch { idempotency: vec![answered("r6", 600)], ..Batch::default() }).unwrap();
+    let next = store.write(&mut Batch { idempotency: vec![answered("r6", 600)], ..Batch::default() }).unwrap();
     assert_eq!(next.answers_page, 6);
 }
 
@@ -121,9 +123,10 @@ fn prune_forgets_only_answers_past_retention() {
 fn each_commit_puts_its_answers_on_a_page_where_they_are_found_until_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
-    let first = store.write(&Batch { idempotency: vec![answered("b", 100), answered("a", 200)], ..Batch::default() });
-    let none = store.write(&Batch { entries: EncodedEntries::default(), accounts: Vec::new(), ..Batch::default() });
-    let second = store.write(&Batch { idempotency: vec![answered("c", 300)], ..Batch::default() });
+    let first =
+        store.write(&mut Batch { idempotency: vec![answered("b", 100), answered("a", 200)], ..Batch::default() });
+    let none = store.write(&mut Batch { entries: EncodedEntries::default(), accounts: Vec::new(), ..Batch::default() });
+    let second = store.write(&mut Batch { idempotency: vec![answered("c", 300)], ..Batch::default() });
     let (first, second) = (first.unwrap().answers_page, second.unwrap().answers_page);
     assert_eq!(none.unwrap().answers_page, 0, "a commit without answers has no page");
     assert!(first > 0 && second > first, "pages are numbered from 1, in commit order: {first}, {second}");
@@ -177,8 +180,8 @@ fn the_journal_reads_back_in_commit_order_and_new_ids_start_above_it() {
     {
         let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
         // A later id can be written in an earlier commit (accounts queue independently).
-        store.write(&Batch { entries: EncodedEntries::of([&late]), ..Batch::default() }).unwrap();
-        store.write(&Batch { entries: EncodedEntries::of([&early]), ..Batch::default() }).unwrap();
+        store.write(&mut Batch { entries: EncodedEntries::of([&late]), ..Batch::default() }).unwrap();
+        store.write(&mut Batch { entries: EncodedEntries::of([&early]), ..Batch::default() }).unwrap();
     }
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     assert_eq!(store.recover().unwrap().id_floor, high);
@@ -203,7 +206,7 @@ fn new_stores_use_small_pages_and_older_ones_keep_theirs() {
     }
     let mut store = EmbeddedStore::open(older.path(), Synchronous::Normal).unwrap();
     assert_eq!(page_size(&store).unwrap(), 4096);
-    let written = store.write(&Batch { idempotency: vec![answered("a", 100)], ..Batch::default() }).unwrap();
+    let written = store.write(&mut Batch { idempotency: vec![answered("a", 100)], ..Batch::default() }).unwrap();
     assert_eq!(answer_pages(&mut store, 0), [(written.answers_page, vec!["a".to_string()])]);
 }
 
@@ -259,7 +262,7 @@ fn rows_written_before_packing_read_back_beside_packed_ones() {
     let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
     assert_eq!(store.load_account("a").unwrap().unwrap().display_name, "plain", "the plain log row");
     let second = store
-        .write(&Batch {
+        .write(&mut Batch {
             accounts: vec![state("packed")],
             entries: EncodedEntries::of([&new_entry]),
             idempotency: vec![answered("new", 200)],
