@@ -271,7 +271,7 @@ impl Writer {
                 let Unwritten { pending, entries } = slot.take_unwritten();
                 drop(slot);
                 round.batch.entries.append(entries);
-                round.batch.accounts.push((cell.id.to_string(), state));
+                round.batch.accounts.push((String::from(&*cell.id), state));
                 for mut p in pending {
                     round.batch.audit.extend(p.audit.take().map(|a| *a));
                     round.batch.idempotency.extend(p.answer.as_ref().map(|a| a.to_row(&cell.id)));
