@@ -93,7 +93,7 @@ pub struct LedgerEntry {
     pub user_id: Option<String>,
     pub workspace_id: Option<String>,
     pub action: String,
-    /// Shared with the price entry that priced it.
+    /// Shared with the price entry that priced it, as `unit_name` is.
     pub category: Arc<str>,
     pub quantity: u64,
     pub unit_name: Arc<str>,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PriceEntry {
     pub action: String,
-    /// Shared with every ledger entry priced by this entry (`Arc`): a deduct copies no text.
+    /// Shared, with `unit_name`, by every ledger entry this entry prices: a deduct copies no text.
     pub category: Arc<str>,
     pub unit_name: Arc<str>,
     /// Quantity units one priced unit covers (1000 for "per 1k tokens"); at least 1.
