@@ -119,7 +119,7 @@ impl Default for StoreConfig {
             flush_interval_ms: 10,
             async_max_backlog: 100_000,
             sqlite_synchronous: Synchronous::Full,
-            writer_priority: WriterPriority::Idle,
+            writer_priority: WriterPriority::Auto,
         }
     }
 }
@@ -354,11 +354,15 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_yields_at_once_unless_told_to_yield_by_share() {
+    fn the_writer_yields_by_share_when_answers_wait_for_it_and_at_once_otherwise() {
         let c = Config::load(None, std::iter::empty(), &[]).unwrap();
-        assert_eq!(c.store.writer_priority, WriterPriority::Idle);
+        assert_eq!(c.store.writer_priority, WriterPriority::Auto);
+        assert_eq!(c.store.writer_priority.under(Durability::Sync), WriterPriority::Low);
+        assert_eq!(c.store.writer_priority.under(Durability::Async), WriterPriority::Idle);
+        let c = Config::load(None, std::iter::empty(), &["store.writer_priority=idle".into()]).unwrap();
+        assert_eq!(c.store.writer_priority.under(Durability::Sync), WriterPriority::Idle);
         let c = Config::load(None, std::iter::empty(), &["store.writer_priority=low".into()]).unwrap();
-        assert_eq!(c.store.writer_priority, WriterPriority::Low);
+        assert_eq!(c.store.writer_priority.under(Durability::Async), WriterPriority::Low);
         let err = Config::load(None, std::iter::empty(), &["store.writer_priority=high".into()]).unwrap_err();
         assert!(err.to_string().contains("writer_priority"), "{err}");
     }

@@ -198,17 +198,38 @@ struct Round {
 /// stay small, and the runtime stalls on an account lock the writer holds. Yielding, it runs
 /// when requests are waiting on it anyway and commits what piled up meanwhile (52k → 61k
 /// sync calls/s on one core at nice 10). With a core to itself nothing changes.
+///
+/// It must still outrank housekeeping (`background`), whose sweeps can take a second of CPU:
+/// in `sync` durability every answer waits for the writer. With an `idle` writer a sweep
+/// took most of the spare core from it: once the kept answers reached their bound, each
+/// eviction made answers wait up to half a second (one core, sync, open loop at 40k calls/s:
+/// p99 3.6 ms on a fresh server, 470-590 ms at the bound; 8-10 ms with a `low` writer).
+/// What `low` costs when no sweep runs: about 9% of the closed-loop sync rate on one core.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WriterPriority {
+    /// `low` in `sync` durability, where every answer waits for the writer; `idle` in
+    /// `async`, where none does and a starved writer only grows the backlog.
+    #[default]
+    Auto,
     /// `SCHED_IDLE`: a request that arrives takes the core back at once, rather than after
     /// the writer's slice, which shortens the tail at half load (p99 1.2-1.6 → 1.0 ms, one
     /// core). Against other processes' busy threads it gets next to nothing, so on a host
     /// whose cores are busy with other work (no CPU cgroup of its own), prefer `low`.
-    #[default]
     Idle,
-    /// Nice 10: a smaller share of a busy core, but a share.
+    /// Nice 10: a smaller share of a busy core, but a share, and ahead of housekeeping.
     Low,
+}
+
+impl WriterPriority {
+    /// The priority the writer takes under `durability`: `Idle` or `Low`.
+    pub fn under(self, durability: Durability) -> WriterPriority {
+        match (self, durability) {
+            (WriterPriority::Auto, Durability::Sync) => WriterPriority::Low,
+            (WriterPriority::Auto, Durability::Async) => WriterPriority::Idle,
+            (chosen, _) => chosen,
+        }
+    }
 }
 
 const WRITER_NICE: i32 = 10;
@@ -234,7 +255,7 @@ impl Round {
 
 impl Writer {
     fn run(mut self) {
-        yield_to_requests(self.options.writer_priority);
+        yield_to_requests(self.options.writer_priority.under(self.options.durability));
         // One round, reused: a busy commit holds thousands of records, and vectors that big
         // come fresh from the kernel (page faults, zeroing) each time they are rebuilt.
         let mut round = Round::default();
