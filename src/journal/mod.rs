@@ -200,11 +200,12 @@ struct Round {
 /// sync calls/s on one core at nice 10). With a core to itself nothing changes.
 ///
 /// It must still outrank housekeeping (`background`), whose sweeps can take a second of CPU:
-/// in `sync` durability every answer waits for the writer. With an `idle` writer a sweep
-/// took most of the spare core from it: once the kept answers reached their bound, each
-/// eviction made answers wait up to half a second (one core, sync, open loop at 40k calls/s:
-/// p99 3.6 ms on a fresh server, 470-590 ms at the bound; 8-10 ms with a `low` writer).
-/// What `low` costs when no sweep runs: about 9% of the closed-loop sync rate on one core.
+/// in `sync` durability every answer waits for the writer. With an `idle` writer and
+/// housekeeping at nice 19, a sweep took most of the spare core from it: once the kept
+/// answers reached their bound, each eviction made answers wait up to half a second (one
+/// core, sync, open loop at 40k calls/s: p99 3.6 ms on a fresh server, 470-590 ms at the
+/// bound; 8-11 ms with a `low` writer). What `low` costs when no sweep runs: about 9% of the
+/// closed-loop sync rate on one core.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WriterPriority {
@@ -215,7 +216,9 @@ pub enum WriterPriority {
     /// `SCHED_IDLE`: a request that arrives takes the core back at once, rather than after
     /// the writer's slice, which shortens the tail at half load (p99 1.2-1.6 → 1.0 ms, one
     /// core). Against other processes' busy threads it gets next to nothing, so on a host
-    /// whose cores are busy with other work (no CPU cgroup of its own), prefer `low`.
+    /// whose cores are busy with other work (no CPU cgroup of its own), prefer `low`. It
+    /// shares the spare core equally with housekeeping, so under `sync` a long sweep still
+    /// delays answers (357 ms p99 in the case above).
     Idle,
     /// Nice 10: a smaller share of a busy core, but a share, and ahead of housekeeping.
     Low,
