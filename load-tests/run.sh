@@ -8,8 +8,8 @@
 #   QUICK=1 load-tests/run.sh         # 1 run of 3 s per cell, 10k accounts
 #
 # Environment: SERVER_CPU (0), LOAD_CPU (1), RUNS (3), DURATION (8), WARMUP (2),
-# ACCOUNTS (100000), SCENARIOS, TARGETS (also creditd-sync-normal), RUNTIME (current_thread | multi_thread, for every
-# server alike). Loopback only; every server is stopped on exit.
+# ACCOUNTS (100000), SCENARIOS, TARGETS (also creditd-sync-normal), RUNTIME (current_thread |
+# multi_thread, for every server alike). Loopback only; every server is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
