@@ -268,6 +268,8 @@ struct Tally {
 }
 
 struct Report {
+    /// Calls answered within the measured window.
+    calls: u64,
     calls_per_s: f64,
     items_per_s: f64,
     failed: u64,
@@ -312,6 +314,7 @@ async fn run(args: RunArgs) -> Report {
     let pct = |p: f64| total.latencies_us.get(((n as f64 * p) as usize).min(n.saturating_sub(1))).copied().unwrap_or(0);
     let seconds = args.duration as f64;
     Report {
+        calls: total.calls,
         calls_per_s: total.calls as f64 / seconds,
         items_per_s: (total.calls * items_per_call) as f64 / seconds,
         failed: total.failed,
@@ -466,8 +469,8 @@ impl Report {
     fn print(&self, args: &RunArgs) {
         if args.json {
             println!(
-                "{{\"scenario\":\"{}\",\"calls_per_s\":{:.0},\"items_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"failed\":{},\"denied\":{},\"rps\":{}}}",
-                args.scenario, self.calls_per_s, self.items_per_s, self.p50, self.p99, self.p999, self.failed, self.denied, args.rps
+                "{{\"scenario\":\"{}\",\"calls\":{},\"calls_per_s\":{:.0},\"items_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"failed\":{},\"denied\":{},\"rps\":{}}}",
+                args.scenario, self.calls, self.calls_per_s, self.items_per_s, self.p50, self.p99, self.p999, self.failed, self.denied, args.rps
             );
         } else {
             println!(
