@@ -171,6 +171,18 @@ impl Engine {
     /// Records a change made under the account's lock: queues its ledger entries, audit
     /// record and answer for the journal, and returns what to wait on for durability.
     fn record(&self, cell: &Arc<AccountCell>, slot: &mut Slot, change: Change) -> Durable {
+        let wait = change.wait;
+        match self.queue_change(cell, slot, change) {
+            Some(true) if wait => Some(await_last(slot)),
+            _ => None,
+        }
+    }
+
+    /// Queues a change for the journal as `record` does, but has nobody wait for it. Returns
+    /// `None` if there was nothing to queue, else whether its caller must wait until it is
+    /// durable (always in `sync` durability; in `async` while the writer is behind): then
+    /// [`await_last`] before the account's lock is let go.
+    fn queue_change(&self, cell: &Arc<AccountCell>, slot: &mut Slot, change: Change) -> Option<bool> {
         if change.entries.is_empty() && change.audit.is_none() && change.answer.is_none() && !change.state_changed {
             return None;
         }
@@ -182,19 +194,13 @@ impl Engine {
             self.idempotency.insert(&key, IdemEntry { fingerprint, answer: answer.clone(), created_ms });
             PendingAnswer { key, fingerprint, answer, created_ms }
         });
-        let (waiter, durable) = if must_wait && change.wait {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
         let unwritten = slot.unwritten();
         unwritten.entries.extend(&change.entries);
-        unwritten.pending.push(Pending { audit: change.audit, answer, waiter });
+        unwritten.pending.push(Pending { audit: change.audit, answer, waiter: None });
         let mut queued = slot.queued;
         self.journal.queue(cell, &mut queued);
         slot.queued = queued;
-        durable
+        Some(must_wait)
     }
 
     /// Looks a request id up under the account's lock.
@@ -407,16 +413,28 @@ fn idem_entry_from_row(row: &IdemRow, page: u64) -> Option<IdemEntry> {
         .ok()
 }
 
+/// Has the caller wait for the last change queued on `slot`, and so for every change queued
+/// before it while the lock was held: the journal writer takes an account's queued changes
+/// all at once, so they share one commit and its outcome. Called under the lock that
+/// queued them.
+fn await_last(slot: &mut Slot) -> oneshot::Receiver<Result<(), StoreError>> {
+    let (waiter, durable) = oneshot::channel();
+    slot.unwritten().pending.last_mut().expect("a change was queued under this lock").waiter = Some(waiter);
+    durable
+}
+
 /// Waits until a change is durable; maps a failed write to UNAVAILABLE.
 async fn settle<T>(durable: Durable, answer: Answer<T>) -> Result<Answer<T>, Error> {
-    if let Some(rx) = durable {
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::not_durable(&e)),
-            Err(_) => return Err(Error::not_durable(&StoreError::Failed("the journal writer stopped".into()))),
-        }
-    }
+    durability(durable).await.map_err(|e| Error::not_durable(&e))?;
     Ok(answer)
+}
+
+/// Waits until a change is durable, or says why it did not become so.
+async fn durability(durable: Durable) -> Result<(), StoreError> {
+    match durable {
+        None => Ok(()),
+        Some(rx) => rx.await.unwrap_or_else(|_| Err(StoreError::Failed("the journal writer stopped".into()))),
+    }
 }
 
 #[cfg(test)]

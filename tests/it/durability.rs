@@ -343,6 +343,23 @@ async fn engine_over_flaky_store(
     (engine, switches)
 }
 
+/// `engine_over_flaky_store` in a directory of its own, with a writer that writes as soon
+/// as it can (`sync`) or every millisecond (`async`), and `max_backlog`.
+async fn flaky_engine(
+    durability: creditd::journal::Durability,
+    max_backlog: usize,
+) -> (tempfile::TempDir, creditd::engine::Engine, Switches) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = creditd::journal::JournalOptions {
+        durability,
+        flush_interval: Duration::from_millis(1),
+        max_backlog,
+        ..creditd::journal::JournalOptions::default()
+    };
+    let (engine, switches) = engine_over_flaky_store(dir.path(), options).await;
+    (dir, engine, switches)
+}
+
 #[derive(Default)]
 struct Switches {
     failing: Arc<std::sync::atomic::AtomicBool>,
@@ -366,15 +383,8 @@ fn ask(id: &str, quantity: u64) -> creditd::engine::request::DeductRequest {
 
 #[tokio::test]
 async fn a_failed_write_answers_unavailable_charges_nothing_and_a_retry_charges_once() {
-    use creditd::journal::{Durability, JournalOptions};
     use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().unwrap();
-    let options = JournalOptions {
-        durability: Durability::Sync,
-        flush_interval: Duration::from_millis(1),
-        ..JournalOptions::default()
-    };
-    let (engine, switches) = engine_over_flaky_store(dir.path(), options).await;
+    let (dir, engine, switches) = flaky_engine(creditd::journal::Durability::Sync, 100_000).await;
     let failing = switches.failing;
     failing.store(true, Ordering::SeqCst);
     let err = engine.check_and_deduct(ask("d1", 3)).await.unwrap_err();
@@ -403,16 +413,8 @@ async fn a_failed_write_answers_unavailable_charges_nothing_and_a_retry_charges_
 
 #[tokio::test]
 async fn async_durability_makes_callers_wait_once_the_writer_is_behind() {
-    use creditd::journal::{Durability, JournalOptions};
     use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().unwrap();
-    let options = JournalOptions {
-        durability: Durability::Async,
-        flush_interval: Duration::from_millis(1),
-        max_backlog: 3,
-        ..JournalOptions::default()
-    };
-    let (engine, switches) = engine_over_flaky_store(dir.path(), options).await;
+    let (_dir, engine, switches) = flaky_engine(creditd::journal::Durability::Async, 3).await;
     engine.flush().await.unwrap();
 
     // The disk stalls: nothing queued from now on is written until it recovers.
@@ -437,4 +439,77 @@ async fn async_durability_makes_callers_wait_once_the_writer_is_behind() {
     assert_eq!(engine.get_balance("acme").unwrap().balance, 6.into(), "every change charged once");
     let after = engine.check_and_deduct(ask("a4", 1)).await.unwrap();
     assert!(!after.replayed, "the backlog drained: async answers from memory again");
+}
+
+/// A failed write fails every item of a batch that changed something (UNAVAILABLE, nothing
+/// charged), while items that changed nothing keep their answers; the same batch again is
+/// charged once per item. A batch's items for one account wait on one shared signal, so
+/// this is where an item could be told OK for a change that was lost.
+#[tokio::test]
+async fn a_failed_write_fails_each_changing_item_of_a_batch_and_the_batch_again_charges_each_once() {
+    use creditd::domain::ledger::DenialReason;
+    use std::sync::atomic::Ordering;
+    let (_dir, engine, switches) = flaky_engine(creditd::journal::Durability::Sync, 100_000).await;
+    // Two runs for `acme` with an unknown account between them.
+    let batch = || {
+        let mut elsewhere = ask("b3", 1);
+        elsewhere.target.account_id = "nobody".into();
+        vec![Ok(ask("b1", 1)), Ok(ask("b2", 2)), Ok(elsewhere), Ok(ask("b4", 4))]
+    };
+    let not_found = |answer: &creditd::engine::Answer<creditd::engine::outcome::DeductOutcome>| {
+        answer.outcome.denial.as_ref().map(|d| d.reason) == Some(DenialReason::AccountNotFound)
+    };
+
+    switches.failing.store(true, Ordering::SeqCst);
+    let failed = engine.batch_check_and_deduct(batch()).await;
+    for i in [0, 1, 3] {
+        assert!(matches!(&failed[i], Err(creditd::error::Error::Unavailable(_))), "item {i}: {:?}", failed[i]);
+    }
+    assert!(failed[2].as_ref().is_ok_and(not_found), "{:?}", failed[2]);
+    assert_eq!(engine.get_balance("acme").unwrap().balance, 10.into(), "nothing charged");
+
+    switches.failing.store(false, Ordering::SeqCst);
+    let charged = engine.batch_check_and_deduct(batch()).await;
+    for (i, credits) in [(0, 1), (1, 2), (3, 4)] {
+        let answer = charged[i].as_ref().unwrap();
+        assert!(!answer.replayed, "item {i}: the failed attempt left no answer behind");
+        assert_eq!(answer.outcome.credits_charged, credits.into(), "item {i}");
+    }
+    assert!(charged[2].as_ref().is_ok_and(not_found), "{:?}", charged[2]);
+    let again = engine.batch_check_and_deduct(batch()).await;
+    for i in [0, 1, 3] {
+        let answer = again[i].as_ref().unwrap();
+        assert!(answer.replayed, "item {i}");
+        assert_eq!(answer.outcome, charged[i].as_ref().unwrap().outcome, "item {i}");
+    }
+    assert_eq!(engine.get_balance("acme").unwrap().balance, 3.into(), "each item charged exactly once");
+}
+
+/// In async durability a batch answers from memory until the writer falls behind; a batch
+/// that takes the backlog past its bound waits for the store, as a single call does.
+#[tokio::test]
+async fn async_durability_makes_a_batch_wait_once_the_writer_is_behind() {
+    use std::sync::atomic::Ordering;
+    let (_dir, engine, switches) = flaky_engine(creditd::journal::Durability::Async, 3).await;
+    engine.flush().await.unwrap();
+
+    switches.stalled.store(true, Ordering::SeqCst);
+    let within = engine.batch_check_and_deduct(vec![Ok(ask("a0", 1)), Ok(ask("a1", 1))]).await;
+    assert!(within.iter().all(Result::is_ok), "within the bound, answered from memory: {within:?}");
+    // Its second item is the fourth change waiting for the stalled writer.
+    let engine = Arc::new(engine);
+    let waiting = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.batch_check_and_deduct(vec![Ok(ask("a2", 1)), Ok(ask("a3", 1)), Ok(ask("a4", 1))]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "answered from memory although the writer is behind");
+
+    switches.stalled.store(false, Ordering::SeqCst);
+    let answers = waiting.await.unwrap();
+    for answer in &answers {
+        assert_eq!(answer.as_ref().unwrap().outcome.credits_charged, 1.into());
+    }
+    engine.flush().await.unwrap();
+    assert_eq!(engine.get_balance("acme").unwrap().balance, 5.into(), "every change charged once");
 }
