@@ -10,6 +10,7 @@ pub mod admin;
 pub mod answered;
 pub mod cell;
 pub mod clock;
+mod deduct;
 mod evicted;
 pub mod idempotency;
 mod metering;
