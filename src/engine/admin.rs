@@ -5,7 +5,7 @@ use super::cell::AccountCell;
 use super::outcome::{GrantOutcome, Outcome, OutcomeRef, RevokeOutcome};
 use super::request::Fingerprint;
 use super::views::BalanceView;
-use super::{idem_key, settle, Answer, Change, Engine, Reply};
+use super::{idem_key, Answer, Change, Engine, Reply};
 use crate::domain::account::{Account, AccountStatus, OveragePolicy, Plan, SubscriptionStatus};
 use crate::domain::grant::{Grant, GrantKind, Money};
 use crate::domain::limits::Limits;
@@ -158,7 +158,7 @@ impl Engine {
             );
             (durable, slot.account().clone())
         };
-        Ok(settle(durable, Answer { outcome: account, replayed: false }).await?.outcome)
+        Ok(self.settle(durable, Answer { outcome: account, replayed: false }).await?.outcome)
     }
 
     pub fn get_account(&self, account_id: &str) -> Result<Account, Error> {
@@ -278,7 +278,7 @@ impl Engine {
             );
             (durable, slot.account().clone())
         };
-        Ok(settle(durable, Answer { outcome: account, replayed: false }).await?.outcome)
+        Ok(self.settle(durable, Answer { outcome: account, replayed: false }).await?.outcome)
     }
 
     pub async fn grant_credits(&self, spec: GrantSpec, caller: &Caller) -> Result<Answer<GrantOutcome>, Error> {
@@ -351,7 +351,7 @@ impl Engine {
             );
             (durable, Answer { outcome, replayed: false })
         };
-        settle(durable, answer).await
+        self.settle(durable, answer).await
     }
 
     pub async fn revoke_grant(
@@ -420,7 +420,7 @@ impl Engine {
             );
             (durable, Answer { outcome, replayed: false })
         };
-        settle(durable, answer).await
+        self.settle(durable, answer).await
     }
 
     /// Applies a price change and returns the new version.

@@ -5,7 +5,7 @@ use super::cell::{AccountCell, Slot};
 use super::metering::{ask_for, expect_outcome, fresh, replayed};
 use super::outcome::*;
 use super::request::*;
-use super::{await_last, durability, idem_key, settle, Answer, Change, Durable, Engine, Reply};
+use super::{await_last, durability, idem_key, Answer, Change, Durable, Engine, Reply};
 use crate::domain::account::Account;
 use crate::domain::grant;
 use crate::domain::ledger::{Denial, DenialReason, EntryKind};
@@ -22,7 +22,7 @@ impl Engine {
             self.recall(k).await?;
         }
         let (durable, answer) = self.decide_deduct(req, key)?;
-        settle(durable, answer).await
+        self.settle(durable, answer).await
     }
 
     /// Decides every item first, then waits: the whole batch rides one group commit.
@@ -79,6 +79,7 @@ impl Engine {
                 }
             }
         }
+        self.journal.pace();
         answers.into_iter().map(|answer| answer.map(|(answer, _)| answer)).collect()
     }
 

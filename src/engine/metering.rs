@@ -4,7 +4,7 @@
 use super::answered::Answered;
 use super::outcome::*;
 use super::request::*;
-use super::{idem_key, settle, Answer, Change, Engine, Reply};
+use super::{idem_key, Answer, Change, Engine, Reply};
 use crate::domain::account::Account;
 use crate::domain::hold::Hold;
 use crate::domain::ledger::{Denial, DenialReason, EntryKind, LedgerEntry};
@@ -107,7 +107,7 @@ impl Engine {
             let durable = self.record(&cell, &mut slot, Change { entries, answer, wait: true, ..Change::default() });
             (durable, fresh(outcome))
         };
-        settle(durable, answer).await
+        self.settle(durable, answer).await
     }
 
     pub async fn commit(&self, req: CommitRequest) -> Result<Answer<CommitOutcome>, Error> {
@@ -241,7 +241,7 @@ impl Engine {
                 }
             }
         };
-        settle(durable, answer).await
+        self.settle(durable, answer).await
     }
 
     /// A ledger entry made of the request's own context, moved rather than copied.

@@ -225,6 +225,11 @@ impl Engine {
         }
     }
 
+    /// How many times requests paused to let an `async` writer that fell behind catch up.
+    pub fn writer_pauses(&self) -> u64 {
+        self.journal.pauses()
+    }
+
     /// Expires due holds of accounts that have any. Called periodically; also happens lazily
     /// whenever an account is touched. A compact account is decoded only when a hold is due.
     pub fn sweep_holds(&self) -> usize {
@@ -424,10 +429,14 @@ fn await_last(slot: &mut Slot) -> oneshot::Receiver<Result<(), StoreError>> {
     durable
 }
 
-/// Waits until a change is durable; maps a failed write to UNAVAILABLE.
-async fn settle<T>(durable: Durable, answer: Answer<T>) -> Result<Answer<T>, Error> {
-    durability(durable).await.map_err(|e| Error::not_durable(&e))?;
-    Ok(answer)
+impl Engine {
+    /// Waits until a change is durable; maps a failed write to UNAVAILABLE. Called once the
+    /// account's lock is let go; paces the caller to the journal writer (`Journal::pace`).
+    async fn settle<T>(&self, durable: Durable, answer: Answer<T>) -> Result<Answer<T>, Error> {
+        durability(durable).await.map_err(|e| Error::not_durable(&e))?;
+        self.journal.pace();
+        Ok(answer)
+    }
 }
 
 /// Waits until a change is durable, or says why it did not become so.

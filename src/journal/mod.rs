@@ -13,8 +13,9 @@
 //! charged, and its request id is forgotten so a retry runs it again.
 //!
 //! A creditd crash loses: in `sync` mode nothing acknowledged; in `async` mode what was
-//! acknowledged since the last completed write — about `flush_interval` plus one write, and
-//! never more than `max_backlog` changes: beyond that, callers wait as in `sync` mode.
+//! acknowledged since the last completed write — about `flush_interval` plus one write (on a
+//! busy core a little more: see `Pacing`), and never more than `max_backlog` changes: beyond
+//! that, callers wait as in `sync` mode.
 
 use crate::domain::account::Account;
 use crate::domain::audit::AuditRecord;
@@ -23,10 +24,10 @@ use crate::engine::cell::{AccountCell, Pending, Unwritten, Waiter};
 use crate::engine::clock::Clock;
 use crate::engine::idempotency::Idempotency;
 use crate::store::{Batch, Store, StoreError};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -63,6 +64,7 @@ pub struct Journal {
     /// Changes queued and not yet written (or failed).
     backlog: Arc<AtomicUsize>,
     max_backlog: usize,
+    pacing: Arc<Pacing>,
 }
 
 /// Settings of the writer.
@@ -101,13 +103,22 @@ impl Journal {
         let (settled, deliveries) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(deliver(deliveries));
         let backlog = Arc::new(AtomicUsize::new(0));
-        let writer =
-            Writer { store, clock, idempotency, rx, settled, backlog: backlog.clone(), options: options.clone() };
+        let pacing = Arc::new(Pacing::new(options.flush_interval));
+        let writer = Writer {
+            store,
+            clock,
+            idempotency,
+            rx,
+            settled,
+            backlog: backlog.clone(),
+            pacing: pacing.clone(),
+            options: options.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("creditd-journal".into())
             .spawn(move || writer.run())
             .expect("spawn journal thread");
-        (Journal { tx, durability: options.durability, backlog, max_backlog: options.max_backlog }, handle)
+        (Journal { tx, durability: options.durability, backlog, max_backlog: options.max_backlog, pacing }, handle)
     }
 
     /// Counts a change about to be queued, and says whether its caller must wait until it is
@@ -115,6 +126,19 @@ impl Journal {
     pub fn admit(&self) -> bool {
         let behind = self.backlog.fetch_add(1, Ordering::Relaxed);
         self.durability == Durability::Sync || behind >= self.max_backlog
+    }
+
+    /// Called by a request once its account's lock is let go. Under `async` durability,
+    /// while the writer is behind, gives it the core for a moment (`Pacing`).
+    pub fn pace(&self) {
+        if self.durability == Durability::Async && self.backlog.load(Ordering::Relaxed) > 0 {
+            self.pacing.give_way();
+        }
+    }
+
+    /// How many times requests paused to let the writer catch up (`Pacing`).
+    pub fn pauses(&self) -> u64 {
+        self.pacing.pauses.load(Ordering::Relaxed)
     }
 
     /// Queues `cell` for the next write, unless it is queued already. Called under the
@@ -179,7 +203,81 @@ struct Writer {
     rx: mpsc::Receiver<Msg>,
     settled: tokio::sync::mpsc::UnboundedSender<Settled>,
     backlog: Arc<AtomicUsize>,
+    pacing: Arc<Pacing>,
     options: JournalOptions,
+}
+
+/// Keeps an `async` writer going when requests keep its core busy.
+///
+/// The writer yields to requests (`WriterPriority`); under `async` durability nobody waits
+/// for it, so a core kept busy by requests starved it outright: it wrote nothing until
+/// `max_backlog` changes piled up, then every new request waited for one commit of them all
+/// (over 100 ms), and a crash meanwhile would have lost them all. So once no write has ended
+/// for two flush intervals, the requests give the writer the core: after each `RUN` of
+/// theirs, a pause that grows with the writer's lag (a fifth of the core when just behind,
+/// four fifths when 150 ms behind). The lag settles where the writer's share matches its
+/// work, in pauses too short to be felt rather than one long stall at the bound. With a
+/// core to itself the writer lags only when the store is slow, and then the pauses pace
+/// requests to it.
+struct Pacing {
+    origin: Instant,
+    /// Microseconds since `origin` when the last write ended.
+    written_us: AtomicU64,
+    /// Microseconds since `origin` when the last pause ends.
+    paused_until_us: AtomicU64,
+    behind_after_us: u64,
+    /// Pauses so far, for operators and tests.
+    pauses: AtomicU64,
+}
+
+impl Pacing {
+    const RUN_US: u64 = 1_000;
+    const PAUSE_US: u64 = 250;
+    const MAX_PAUSE_US: u64 = 4_000;
+    /// One more microsecond of pause per this many microseconds of lag past `behind_after_us`.
+    const LAG_PER_PAUSE_US: u64 = 40;
+
+    fn new(flush_interval: Duration) -> Self {
+        Pacing {
+            origin: Instant::now(),
+            written_us: AtomicU64::new(0),
+            paused_until_us: AtomicU64::new(0),
+            behind_after_us: 2 * flush_interval.as_micros() as u64,
+            pauses: AtomicU64::new(0),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+
+    fn written(&self) {
+        self.written_us.store(self.now_us(), Ordering::Relaxed);
+    }
+
+    /// Pauses the calling thread if a pause is due.
+    fn give_way(&self) {
+        let now = self.now_us();
+        let paused_until = self.paused_until_us.load(Ordering::Relaxed);
+        let Some(pause) = self.due(now, paused_until) else { return };
+        // One thread pauses per turn, however many serve requests.
+        if self
+            .paused_until_us
+            .compare_exchange(paused_until, now + pause, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.pauses.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_micros(pause));
+        }
+    }
+
+    /// The pause due at `now`, in microseconds: none unless the writer is behind and
+    /// requests have run for `RUN_US` since the last pause ended.
+    fn due(&self, now: u64, paused_until: u64) -> Option<u64> {
+        let lag = now.checked_sub(self.written_us.load(Ordering::Relaxed) + self.behind_after_us)?;
+        (now >= paused_until + Self::RUN_US)
+            .then(|| (Self::PAUSE_US + lag / Self::LAG_PER_PAUSE_US).min(Self::MAX_PAUSE_US))
+    }
 }
 
 /// What one write carries, and whom to tell how it went.
@@ -356,6 +454,7 @@ impl Writer {
             }
         }
         self.backlog.fetch_sub(changes, Ordering::Relaxed);
+        self.pacing.written();
         if !settled.is_empty() {
             // Fails only once the runtime is gone; its requests are gone with it.
             let _ = self.settled.send(settled);
@@ -387,4 +486,40 @@ impl Writer {
 /// A reloaded account keeps the monotonic deadlines its holds had in memory.
 fn restore_deadlines_like(before: &Account, after: &mut Account) {
     after.holds.set_deadlines(|hold| before.holds.get(&hold.id).map(|h| h.deadline_ms));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Pacing` whose last write ended at 0 and whose last pause ended at `paused_until`.
+    fn pacing(flush_interval_ms: u64, paused_until: u64) -> Pacing {
+        let p = Pacing::new(Duration::from_millis(flush_interval_ms));
+        p.paused_until_us.store(paused_until, Ordering::Relaxed);
+        p
+    }
+
+    #[test]
+    fn no_pause_while_the_writer_keeps_up() {
+        let p = pacing(10, 0);
+        assert_eq!(p.due(19_999, 0), None, "a write ended within two flush intervals");
+        assert_eq!(p.due(20_000, 0), Some(Pacing::PAUSE_US), "just behind: the shortest pause");
+    }
+
+    #[test]
+    fn requests_run_between_pauses() {
+        let p = pacing(10, 30_000);
+        assert_eq!(p.due(30_999, 30_000), None);
+        assert!(p.due(31_000, 30_000).is_some());
+    }
+
+    #[test]
+    fn pauses_grow_with_the_lag_up_to_a_bound() {
+        let p = pacing(10, 0);
+        let at = |lag_ms: u64| p.due(20_000 + lag_ms * 1_000, 0).unwrap();
+        assert_eq!(at(40), Pacing::PAUSE_US + 1_000);
+        assert!(at(10) < at(40) && at(40) < at(100));
+        assert_eq!(at(150), Pacing::MAX_PAUSE_US);
+        assert_eq!(at(10_000), Pacing::MAX_PAUSE_US);
+    }
 }

@@ -441,6 +441,46 @@ async fn async_durability_makes_callers_wait_once_the_writer_is_behind() {
     assert!(!after.replayed, "the backlog drained: async answers from memory again");
 }
 
+/// A writer that falls behind in `async` durability (here, on a stalled disk; in production,
+/// on a core its requests keep busy) is given the core: requests answered from memory pause
+/// now and then until it has written again. Nothing is lost or charged twice meanwhile.
+#[tokio::test]
+async fn async_requests_pause_for_a_writer_that_fell_behind_until_it_writes_again() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    // Behind once no write has ended for two flush intervals: 400 ms.
+    let options = creditd::journal::JournalOptions {
+        durability: creditd::journal::Durability::Async,
+        flush_interval: Duration::from_millis(200),
+        ..creditd::journal::JournalOptions::default()
+    };
+    let (engine, switches) = engine_over_flaky_store(dir.path(), options).await;
+    engine.flush().await.unwrap();
+    let pauses = engine.writer_pauses();
+    engine.check_and_deduct(ask("p0", 1)).await.unwrap();
+    assert_eq!(engine.writer_pauses(), pauses, "a write just ended: the writer keeps up");
+
+    switches.stalled.store(true, Ordering::SeqCst);
+    engine.check_and_deduct(ask("p1", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let late = engine.check_and_deduct(ask("p2", 1)).await.unwrap();
+    assert!(!late.replayed, "answered from memory");
+    assert_eq!(engine.writer_pauses(), pauses + 1, "no write ended for three flush intervals");
+
+    switches.stalled.store(false, Ordering::SeqCst);
+    engine.flush().await.unwrap();
+    engine.check_and_deduct(ask("p3", 1)).await.unwrap();
+    assert_eq!(engine.writer_pauses(), pauses + 1, "written again: no more pauses");
+    engine.flush().await.unwrap();
+    assert_eq!(engine.get_balance("acme").unwrap().balance, 6.into(), "every change charged once");
+    let reader = creditd::store::embedded::EmbeddedStore::reader(dir.path()).unwrap();
+    let ledger: Vec<_> = reader.read_journal(0, 1_000).unwrap().into_iter().flat_map(|c| c.entries).collect();
+    for id in ["p0", "p1", "p2", "p3"] {
+        let entries = ledger.iter().filter(|e| e.request_id.as_deref() == Some(id)).count();
+        assert_eq!(entries, 1, "{id} reached the ledger once");
+    }
+}
+
 /// A failed write fails every item of a batch that changed something (UNAVAILABLE, nothing
 /// charged), while items that changed nothing keep their answers; the same batch again is
 /// charged once per item. A batch's items for one account wait on one shared signal, so
