@@ -24,11 +24,18 @@ use crate::engine::cell::{AccountCell, Pending, Unwritten, Waiter};
 use crate::engine::clock::Clock;
 use crate::engine::idempotency::Idempotency;
 use crate::store::{Batch, Store, StoreError};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
+
+mod pacing;
+mod priority;
+
+use pacing::Pacing;
+use priority::yield_to_requests;
+pub use priority::WriterPriority;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -207,79 +214,6 @@ struct Writer {
     options: JournalOptions,
 }
 
-/// Keeps an `async` writer going when requests keep its core busy.
-///
-/// The writer yields to requests (`WriterPriority`); under `async` durability nobody waits
-/// for it, so a core kept busy by requests starved it outright: it wrote nothing until
-/// `max_backlog` changes piled up, then every new request waited for one commit of them all
-/// (over 100 ms), and a crash meanwhile would have lost them all. So once no write has ended
-/// for two flush intervals, the requests give the writer the core: after each `RUN` of
-/// theirs, a pause that grows with the writer's lag (a fifth of the core when just behind,
-/// four fifths when 150 ms behind). The lag settles where the writer's share matches its
-/// work, in pauses too short to be felt rather than one long stall at the bound. With a
-/// core to itself the writer lags only when the store is slow, and then the pauses pace
-/// requests to it.
-struct Pacing {
-    origin: Instant,
-    /// Microseconds since `origin` when the last write ended.
-    written_us: AtomicU64,
-    /// Microseconds since `origin` when the last pause ends.
-    paused_until_us: AtomicU64,
-    behind_after_us: u64,
-    /// Pauses so far, for operators and tests.
-    pauses: AtomicU64,
-}
-
-impl Pacing {
-    const RUN_US: u64 = 1_000;
-    const PAUSE_US: u64 = 250;
-    const MAX_PAUSE_US: u64 = 4_000;
-    /// One more microsecond of pause per this many microseconds of lag past `behind_after_us`.
-    const LAG_PER_PAUSE_US: u64 = 40;
-
-    fn new(flush_interval: Duration) -> Self {
-        Pacing {
-            origin: Instant::now(),
-            written_us: AtomicU64::new(0),
-            paused_until_us: AtomicU64::new(0),
-            behind_after_us: 2 * flush_interval.as_micros() as u64,
-            pauses: AtomicU64::new(0),
-        }
-    }
-
-    fn now_us(&self) -> u64 {
-        self.origin.elapsed().as_micros() as u64
-    }
-
-    fn written(&self) {
-        self.written_us.store(self.now_us(), Ordering::Relaxed);
-    }
-
-    /// Pauses the calling thread if a pause is due.
-    fn give_way(&self) {
-        let now = self.now_us();
-        let paused_until = self.paused_until_us.load(Ordering::Relaxed);
-        let Some(pause) = self.due(now, paused_until) else { return };
-        // One thread pauses per turn, however many serve requests.
-        if self
-            .paused_until_us
-            .compare_exchange(paused_until, now + pause, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.pauses.fetch_add(1, Ordering::Relaxed);
-            std::thread::sleep(Duration::from_micros(pause));
-        }
-    }
-
-    /// The pause due at `now`, in microseconds: none unless the writer is behind and
-    /// requests have run for `RUN_US` since the last pause ended.
-    fn due(&self, now: u64, paused_until: u64) -> Option<u64> {
-        let lag = now.checked_sub(self.written_us.load(Ordering::Relaxed) + self.behind_after_us)?;
-        (now >= paused_until + Self::RUN_US)
-            .then(|| (Self::PAUSE_US + lag / Self::LAG_PER_PAUSE_US).min(Self::MAX_PAUSE_US))
-    }
-}
-
 /// What one write carries, and whom to tell how it went.
 #[derive(Default)]
 struct Round {
@@ -288,60 +222,6 @@ struct Round {
     pending: Vec<Pending>,
     waiters: Vec<Waiter>,
     stop: Option<Waiter>,
-}
-
-/// How the writer yields to request handling when both share a busy core (Linux only).
-///
-/// At equal priority the writer preempts the runtime as soon as one request queues: commits
-/// stay small, and the runtime stalls on an account lock the writer holds. Yielding, it runs
-/// when requests are waiting on it anyway and commits what piled up meanwhile (52k → 61k
-/// sync calls/s on one core at nice 10). With a core to itself nothing changes.
-///
-/// It must still outrank housekeeping (`background`), whose sweeps can take a second of CPU:
-/// in `sync` durability every answer waits for the writer. With an `idle` writer and
-/// housekeeping at nice 19, a sweep took most of the spare core from it: once the kept
-/// answers reached their bound, each eviction made answers wait up to half a second (one
-/// core, sync, open loop at 40k calls/s: p99 3.6 ms on a fresh server, 470-590 ms at the
-/// bound; 8-11 ms with a `low` writer). What `low` costs when no sweep runs: about 9% of the
-/// closed-loop sync rate on one core.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WriterPriority {
-    /// `low` in `sync` durability, where every answer waits for the writer; `idle` in
-    /// `async`, where none does and a starved writer only grows the backlog.
-    #[default]
-    Auto,
-    /// `SCHED_IDLE`: a request that arrives takes the core back at once, rather than after
-    /// the writer's slice, which shortens the tail at half load (p99 1.2-1.6 → 1.0 ms, one
-    /// core). Against other processes' busy threads it gets next to nothing, so on a host
-    /// whose cores are busy with other work (no CPU cgroup of its own), prefer `low`. It
-    /// shares the spare core equally with housekeeping, so under `sync` a long sweep still
-    /// delays answers (357 ms p99 in the case above).
-    Idle,
-    /// Nice 10: a smaller share of a busy core, but a share, and ahead of housekeeping.
-    Low,
-}
-
-impl WriterPriority {
-    /// The priority the writer takes under `durability`: `Idle` or `Low`.
-    pub fn under(self, durability: Durability) -> WriterPriority {
-        match (self, durability) {
-            (WriterPriority::Auto, Durability::Sync) => WriterPriority::Low,
-            (WriterPriority::Auto, Durability::Async) => WriterPriority::Idle,
-            (chosen, _) => chosen,
-        }
-    }
-}
-
-const WRITER_NICE: i32 = 10;
-
-fn yield_to_requests(priority: WriterPriority) {
-    if priority == WriterPriority::Idle && crate::background::idle_this_thread() {
-        return;
-    }
-    if !crate::background::lower_this_thread(WRITER_NICE) {
-        tracing::debug!("could not lower the journal writer's priority; it competes with requests as equals");
-    }
 }
 
 impl Round {
@@ -486,40 +366,4 @@ impl Writer {
 /// A reloaded account keeps the monotonic deadlines its holds had in memory.
 fn restore_deadlines_like(before: &Account, after: &mut Account) {
     after.holds.set_deadlines(|hold| before.holds.get(&hold.id).map(|h| h.deadline_ms));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A `Pacing` whose last write ended at 0 and whose last pause ended at `paused_until`.
-    fn pacing(flush_interval_ms: u64, paused_until: u64) -> Pacing {
-        let p = Pacing::new(Duration::from_millis(flush_interval_ms));
-        p.paused_until_us.store(paused_until, Ordering::Relaxed);
-        p
-    }
-
-    #[test]
-    fn no_pause_while_the_writer_keeps_up() {
-        let p = pacing(10, 0);
-        assert_eq!(p.due(19_999, 0), None, "a write ended within two flush intervals");
-        assert_eq!(p.due(20_000, 0), Some(Pacing::PAUSE_US), "just behind: the shortest pause");
-    }
-
-    #[test]
-    fn requests_run_between_pauses() {
-        let p = pacing(10, 30_000);
-        assert_eq!(p.due(30_999, 30_000), None);
-        assert!(p.due(31_000, 30_000).is_some());
-    }
-
-    #[test]
-    fn pauses_grow_with_the_lag_up_to_a_bound() {
-        let p = pacing(10, 0);
-        let at = |lag_ms: u64| p.due(20_000 + lag_ms * 1_000, 0).unwrap();
-        assert_eq!(at(40), Pacing::PAUSE_US + 1_000);
-        assert!(at(10) < at(40) && at(40) < at(100));
-        assert_eq!(at(150), Pacing::MAX_PAUSE_US);
-        assert_eq!(at(10_000), Pacing::MAX_PAUSE_US);
-    }
 }

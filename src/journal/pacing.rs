@@ -1,0 +1,113 @@
+//! Pacing requests to an `async` journal writer that shares their core.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Keeps an `async` writer going when requests keep its core busy.
+///
+/// The writer yields to requests (`WriterPriority`); under `async` durability nobody waits
+/// for it, so a core kept busy by requests starved it outright: it wrote nothing until
+/// `max_backlog` changes piled up, then every new request waited for one commit of them all
+/// (over 100 ms), and a crash meanwhile would have lost them all. So once no write has ended
+/// for two flush intervals, the requests give the writer the core: after each `RUN` of
+/// theirs, a pause that grows with the writer's lag (a fifth of the core when just behind,
+/// four fifths when 150 ms behind). The lag settles where the writer's share matches its
+/// work, in pauses too short to be felt rather than one long stall at the bound. With a
+/// core to itself the writer lags only when the store is slow, and then the pauses pace
+/// requests to it.
+pub(super) struct Pacing {
+    origin: Instant,
+    /// Microseconds since `origin` when the last write ended.
+    written_us: AtomicU64,
+    /// Microseconds since `origin` when the last pause ends.
+    paused_until_us: AtomicU64,
+    behind_after_us: u64,
+    /// Pauses so far, for operators and tests.
+    pub(super) pauses: AtomicU64,
+}
+
+impl Pacing {
+    const RUN_US: u64 = 1_000;
+    const PAUSE_US: u64 = 250;
+    const MAX_PAUSE_US: u64 = 4_000;
+    /// One more microsecond of pause per this many microseconds of lag past `behind_after_us`.
+    const LAG_PER_PAUSE_US: u64 = 40;
+
+    pub(super) fn new(flush_interval: Duration) -> Self {
+        Pacing {
+            origin: Instant::now(),
+            written_us: AtomicU64::new(0),
+            paused_until_us: AtomicU64::new(0),
+            behind_after_us: 2 * flush_interval.as_micros() as u64,
+            pauses: AtomicU64::new(0),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+
+    pub(super) fn written(&self) {
+        self.written_us.store(self.now_us(), Ordering::Relaxed);
+    }
+
+    /// Pauses the calling thread if a pause is due.
+    pub(super) fn give_way(&self) {
+        let now = self.now_us();
+        let paused_until = self.paused_until_us.load(Ordering::Relaxed);
+        let Some(pause) = self.due(now, paused_until) else { return };
+        // One thread pauses per turn, however many serve requests.
+        if self
+            .paused_until_us
+            .compare_exchange(paused_until, now + pause, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.pauses.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_micros(pause));
+        }
+    }
+
+    /// The pause due at `now`, in microseconds: none unless the writer is behind and
+    /// requests have run for `RUN_US` since the last pause ended.
+    fn due(&self, now: u64, paused_until: u64) -> Option<u64> {
+        let lag = now.checked_sub(self.written_us.load(Ordering::Relaxed) + self.behind_after_us)?;
+        (now >= paused_until + Self::RUN_US)
+            .then(|| (Self::PAUSE_US + lag / Self::LAG_PER_PAUSE_US).min(Self::MAX_PAUSE_US))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Pacing` whose last write ended at 0 and whose last pause ended at `paused_until`.
+    fn pacing(flush_interval_ms: u64, paused_until: u64) -> Pacing {
+        let p = Pacing::new(Duration::from_millis(flush_interval_ms));
+        p.paused_until_us.store(paused_until, Ordering::Relaxed);
+        p
+    }
+
+    #[test]
+    fn no_pause_while_the_writer_keeps_up() {
+        let p = pacing(10, 0);
+        assert_eq!(p.due(19_999, 0), None, "a write ended within two flush intervals");
+        assert_eq!(p.due(20_000, 0), Some(Pacing::PAUSE_US), "just behind: the shortest pause");
+    }
+
+    #[test]
+    fn requests_run_between_pauses() {
+        let p = pacing(10, 30_000);
+        assert_eq!(p.due(30_999, 30_000), None);
+        assert!(p.due(31_000, 30_000).is_some());
+    }
+
+    #[test]
+    fn pauses_grow_with_the_lag_up_to_a_bound() {
+        let p = pacing(10, 0);
+        let at = |lag_ms: u64| p.due(20_000 + lag_ms * 1_000, 0).unwrap();
+        assert_eq!(at(40), Pacing::PAUSE_US + 1_000);
+        assert!(at(10) < at(40) && at(40) < at(100));
+        assert_eq!(at(150), Pacing::MAX_PAUSE_US);
+        assert_eq!(at(10_000), Pacing::MAX_PAUSE_US);
+    }
+}
