@@ -246,7 +246,10 @@ impl Running {
         if let Some(writer) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
-        tracing::info!("creditd stopped; every acknowledged change is durable");
+        tracing::info!(
+            writer_pauses = self.engine.writer_pauses(),
+            "creditd stopped; every acknowledged change is durable"
+        );
         result
     }
 

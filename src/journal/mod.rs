@@ -132,6 +132,9 @@ impl Journal {
     /// durable: always in `sync` mode; in `async` mode only while the writer is behind.
     pub fn admit(&self) -> bool {
         let behind = self.backlog.fetch_add(1, Ordering::Relaxed);
+        if behind == 0 && self.durability == Durability::Async {
+            self.pacing.owed_from_now();
+        }
         self.durability == Durability::Sync || behind >= self.max_backlog
     }
 
@@ -334,7 +337,7 @@ impl Writer {
             }
         }
         self.backlog.fetch_sub(changes, Ordering::Relaxed);
-        self.pacing.written();
+        self.pacing.owed_from_now();
         if !settled.is_empty() {
             // Fails only once the runtime is gone; its requests are gone with it.
             let _ = self.settled.send(settled);

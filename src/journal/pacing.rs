@@ -8,17 +8,19 @@ use std::time::{Duration, Instant};
 /// The writer yields to requests (`WriterPriority`); under `async` durability nobody waits
 /// for it, so a core kept busy by requests starved it outright: it wrote nothing until
 /// `max_backlog` changes piled up, then every new request waited for one commit of them all
-/// (over 100 ms), and a crash meanwhile would have lost them all. So once no write has ended
-/// for two flush intervals, the requests give the writer the core: after each `RUN` of
-/// theirs, a pause that grows with the writer's lag (a fifth of the core when just behind,
+/// (over 100 ms), and a crash meanwhile would have lost them all. So once the writer has
+/// owed a write for two flush intervals, the requests give it the core: after each `RUN_US`
+/// of theirs, a pause that grows with the writer's lag (a fifth of the core when just behind,
 /// four fifths when 150 ms behind). The lag settles where the writer's share matches its
 /// work, in pauses too short to be felt rather than one long stall at the bound. With a
 /// core to itself the writer lags only when the store is slow, and then the pauses pace
 /// requests to it.
 pub(super) struct Pacing {
     origin: Instant,
-    /// Microseconds since `origin` when the last write ended.
-    written_us: AtomicU64,
+    /// Microseconds since `origin` from which the writer owes a write: when its last write
+    /// ended, or when a change was queued while none was, whichever came later. (Not the
+    /// last write alone: after an idle spell the first change would find it long past.)
+    owed_since_us: AtomicU64,
     /// Microseconds since `origin` when the last pause ends.
     paused_until_us: AtomicU64,
     behind_after_us: u64,
@@ -36,7 +38,7 @@ impl Pacing {
     pub(super) fn new(flush_interval: Duration) -> Self {
         Pacing {
             origin: Instant::now(),
-            written_us: AtomicU64::new(0),
+            owed_since_us: AtomicU64::new(0),
             paused_until_us: AtomicU64::new(0),
             behind_after_us: 2 * flush_interval.as_micros() as u64,
             pauses: AtomicU64::new(0),
@@ -47,8 +49,9 @@ impl Pacing {
         self.origin.elapsed().as_micros() as u64
     }
 
-    pub(super) fn written(&self) {
-        self.written_us.store(self.now_us(), Ordering::Relaxed);
+    /// A write ended, or a change was queued while none was.
+    pub(super) fn owed_from_now(&self) {
+        self.owed_since_us.store(self.now_us(), Ordering::Relaxed);
     }
 
     /// Pauses the calling thread if a pause is due.
@@ -63,6 +66,7 @@ impl Pacing {
             .is_ok()
         {
             self.pauses.fetch_add(1, Ordering::Relaxed);
+            // The thread, not just this task: the point is to leave the core to the writer.
             std::thread::sleep(Duration::from_micros(pause));
         }
     }
@@ -70,7 +74,7 @@ impl Pacing {
     /// The pause due at `now`, in microseconds: none unless the writer is behind and
     /// requests have run for `RUN_US` since the last pause ended.
     fn due(&self, now: u64, paused_until: u64) -> Option<u64> {
-        let lag = now.checked_sub(self.written_us.load(Ordering::Relaxed) + self.behind_after_us)?;
+        let lag = now.checked_sub(self.owed_since_us.load(Ordering::Relaxed) + self.behind_after_us)?;
         (now >= paused_until + Self::RUN_US)
             .then(|| (Self::PAUSE_US + lag / Self::LAG_PER_PAUSE_US).min(Self::MAX_PAUSE_US))
     }
@@ -80,7 +84,7 @@ impl Pacing {
 mod tests {
     use super::*;
 
-    /// A `Pacing` whose last write ended at 0 and whose last pause ended at `paused_until`.
+    /// A `Pacing` whose writer owes a write since 0 and whose last pause ended at `paused_until`.
     fn pacing(flush_interval_ms: u64, paused_until: u64) -> Pacing {
         let p = Pacing::new(Duration::from_millis(flush_interval_ms));
         p.paused_until_us.store(paused_until, Ordering::Relaxed);
@@ -90,7 +94,7 @@ mod tests {
     #[test]
     fn no_pause_while_the_writer_keeps_up() {
         let p = pacing(10, 0);
-        assert_eq!(p.due(19_999, 0), None, "a write ended within two flush intervals");
+        assert_eq!(p.due(19_999, 0), None, "owed for less than two flush intervals");
         assert_eq!(p.due(20_000, 0), Some(Pacing::PAUSE_US), "just behind: the shortest pause");
     }
 
@@ -109,5 +113,16 @@ mod tests {
         assert!(at(10) < at(40) && at(40) < at(100));
         assert_eq!(at(150), Pacing::MAX_PAUSE_US);
         assert_eq!(at(10_000), Pacing::MAX_PAUSE_US);
+    }
+
+    #[test]
+    fn the_lag_counts_from_the_later_of_the_last_write_and_the_first_change_since() {
+        let p = pacing(10, 0);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(p.due(p.now_us(), 0).is_some(), "owed since 0, 30 ms ago");
+        p.owed_from_now();
+        let since = p.owed_since_us.load(Ordering::Relaxed);
+        assert!(since >= 30_000);
+        assert_eq!(p.due(since + 19_999, 0), None, "owed from then on");
     }
 }
