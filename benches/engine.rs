@@ -302,7 +302,45 @@ fn idempotency(c: &mut Criterion) {
             seen
         })
     });
+    // Once answers were evicted, a miss also looks through where the store keeps them.
+    let evicted_built = std::cell::OnceCell::new();
+    group.bench_function(format!("check_miss_evicted/{label}_answered"), |b| {
+        let table = evicted_built.get_or_init(|| evicted_requests(n));
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + STRIDE) % misses.len();
+            let seen = table.check(&misses[i], IDEM_FINGERPRINT);
+            assert!(matches!(seen, creditd::engine::idempotency::Seen::New));
+            seen
+        })
+    });
     group.finish();
+}
+
+/// A table that answered `n` deducts and kept a tenth of them: the rest were evicted, as
+/// the server's sweeps do past the bound, and are filed by page.
+fn evicted_requests(n: usize) -> Idempotency {
+    let now_ms = Utc::now().timestamp_millis() as u64;
+    let ids = IdGenerator::default();
+    let bound = (n / 10).max(1);
+    let table = Idempotency::new(86_400_000, bound);
+    for i in 0..n {
+        let entry = IdemEntry {
+            fingerprint: IDEM_FINGERPRINT,
+            answer: Answered::new(common::deduct_outcome(&ids, now_ms).borrowed(), true),
+            created_ms: now_ms,
+        };
+        let page = 1 + i as u64 / 1_000;
+        entry.answer.written(page);
+        table.written_through(page);
+        table.insert(&idem_key(&format!("org-{:07}", i % 10_000), &uuid(i as u64)), entry);
+        if i % bound == 0 {
+            table.evict_over_bound();
+        }
+    }
+    table.evict_over_bound();
+    assert!(table.evicted_len() >= n / 2, "most answers were evicted");
+    table
 }
 
 /// One deduct's domain work under the account lock (advance, check, deduct, balance, as
