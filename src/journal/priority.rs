@@ -20,7 +20,8 @@ use super::Durability;
 #[serde(rename_all = "snake_case")]
 pub enum WriterPriority {
     /// `low` in `sync` durability, where every answer waits for the writer; `idle` in
-    /// `async`, where none does and a starved writer only grows the backlog.
+    /// `async`, where none does, and requests pause for the writer once it falls behind
+    /// (`Pacing`).
     #[default]
     Auto,
     /// `SCHED_IDLE`: a request that arrives takes the core back at once, rather than after
