@@ -11,4 +11,5 @@ mod metering;
 mod operations;
 mod reservations;
 mod rollover;
+mod store_failures;
 mod validation;
