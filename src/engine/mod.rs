@@ -179,6 +179,14 @@ impl Engine {
         }
     }
 
+    /// Waits until a change is durable; maps a failed write to UNAVAILABLE. Called once the
+    /// account's lock is let go; paces the caller to the journal writer (`Journal::pace`).
+    async fn settle<T>(&self, durable: Durable, answer: Answer<T>) -> Result<Answer<T>, Error> {
+        durability(durable).await.map_err(|e| Error::not_durable(&e))?;
+        self.journal.pace();
+        Ok(answer)
+    }
+
     /// Queues a change for the journal as `record` does, but has nobody wait for it. Returns
     /// `None` if there was nothing to queue, else whether its caller must wait until it is
     /// durable (always in `sync` durability; in `async` while the writer is behind): then
@@ -427,16 +435,6 @@ fn await_last(slot: &mut Slot) -> oneshot::Receiver<Result<(), StoreError>> {
     let (waiter, durable) = oneshot::channel();
     slot.unwritten().pending.last_mut().expect("a change was queued under this lock").waiter = Some(waiter);
     durable
-}
-
-impl Engine {
-    /// Waits until a change is durable; maps a failed write to UNAVAILABLE. Called once the
-    /// account's lock is let go; paces the caller to the journal writer (`Journal::pace`).
-    async fn settle<T>(&self, durable: Durable, answer: Answer<T>) -> Result<Answer<T>, Error> {
-        durability(durable).await.map_err(|e| Error::not_durable(&e))?;
-        self.journal.pace();
-        Ok(answer)
-    }
 }
 
 /// Waits until a change is durable, or says why it did not become so.

@@ -148,7 +148,7 @@ impl Journal {
 
     /// How many times requests paused to let the writer catch up (`Pacing`).
     pub fn pauses(&self) -> u64 {
-        self.pacing.pauses.load(Ordering::Relaxed)
+        self.pacing.pauses()
     }
 
     /// Queues `cell` for the next write, unless it is queued already. Called under the

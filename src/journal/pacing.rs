@@ -25,7 +25,7 @@ pub(super) struct Pacing {
     paused_until_us: AtomicU64,
     behind_after_us: u64,
     /// Pauses so far, for operators and tests.
-    pub(super) pauses: AtomicU64,
+    pauses: AtomicU64,
 }
 
 impl Pacing {
@@ -52,6 +52,10 @@ impl Pacing {
     /// A write ended, or a change was queued while none was.
     pub(super) fn owed_from_now(&self) {
         self.owed_since_us.store(self.now_us(), Ordering::Relaxed);
+    }
+
+    pub(super) fn pauses(&self) -> u64 {
+        self.pauses.load(Ordering::Relaxed)
     }
 
     /// Pauses the calling thread if a pause is due.
