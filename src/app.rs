@@ -8,7 +8,7 @@ use crate::api::metering::MeteringService;
 use crate::api::reporting::ReportingService;
 use crate::config::Config;
 use crate::engine::clock::Clock;
-use crate::engine::idempotency::Idempotency;
+use crate::engine::idempotency::{Idempotency, EVICTION_PERIOD};
 use crate::engine::{Engine, EngineOptions, Restored};
 use crate::journal::{Journal, JournalOptions};
 use crate::proto::v1::admin_server::AdminServer;
@@ -173,7 +173,7 @@ fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<En
         });
     }
     // Answers over the memory bound: looked at often, so that each eviction is small.
-    let evict_ms = sweep.requests_interval_ms.min(EVICTION_PERIOD_MS);
+    let evict_ms = sweep.requests_interval_ms.min(EVICTION_PERIOD.as_millis() as u64);
     background_sweep(tasks, stop, engine, evict_ms, Engine::evict_answers, |n| {
         tracing::debug!(answers = n, "let answers over the memory bound go; the store keeps them")
     });
@@ -181,11 +181,6 @@ fn spawn_sweepers(tasks: &TaskTracker, stop: &CancellationToken, engine: &Arc<En
         tracing::debug!(answers = n, "forgot answers past retention")
     });
 }
-
-/// How often the answers in memory are held to their bound. At a steady 50k answers a
-/// second, about 50k then go at once rather than a minute's worth, and looking costs one
-/// count of the map when under the bound.
-const EVICTION_PERIOD_MS: u64 = 1_000;
 
 /// Runs `sweep` in the background (`background::run`) every `period_ms`, and `report`s what
 /// it did, if anything.
@@ -248,6 +243,7 @@ impl Running {
         }
         tracing::info!(
             writer_pauses = self.engine.writer_pauses(),
+            sweep_pauses = self.engine.sweep_pauses(),
             "creditd stopped; every acknowledged change is durable"
         );
         result

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod journal;
+pub mod pacing;
 pub mod proto;
 pub mod store;
 pub mod telemetry;

@@ -79,7 +79,7 @@ impl Engine {
                 }
             }
         }
-        self.journal.pace();
+        self.give_way();
         answers.into_iter().map(|answer| answer.map(|(answer, _)| answer)).collect()
     }
 

@@ -9,10 +9,16 @@
 
 use super::answered::{entry_from_row, Answered};
 use super::evicted::Evicted;
+use crate::pacing::Pacing;
 use crate::store::{Store, StoreError};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the answers in memory are held to their bound (`Idempotency::evict_over_bound`).
+/// At a steady 50k answers a second, about 50k then go at once rather than a minute's worth.
+pub const EVICTION_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct IdemEntry {
@@ -52,12 +58,20 @@ impl KeyHasher {
 
 pub struct Idempotency {
     entries: super::Map<Key, IdemEntry>,
+    /// How many `entries` holds, counted as they come and go: the map's own count visits
+    /// every shard, and requests look at this one to see if the bound is kept.
+    len: AtomicUsize,
     hasher: KeyHasher,
     evicted: Evicted,
     /// The newest page whose answers are all marked written.
     written_through: AtomicU64,
     retention_ms: u64,
     max_entries: usize,
+    /// Requests give way to the eviction sweep (a thread at the lowest priority) once the
+    /// map has been over its bound for two eviction periods: on a core kept busy by requests
+    /// it never ran, the map grew without bound, and each shard's growth rehashed it into
+    /// fresh pages, under its lock, on a request's time.
+    pacing: Pacing,
 }
 
 impl Idempotency {
@@ -68,11 +82,13 @@ impl Idempotency {
         let entries = super::Map::with_hasher_and_shard_amount(Default::default(), 256);
         Idempotency {
             entries,
+            len: AtomicUsize::new(0),
             hasher: KeyHasher::default(),
             evicted: Evicted::default(),
             written_through: AtomicU64::new(0),
             retention_ms,
             max_entries,
+            pacing: Pacing::new(2 * EVICTION_PERIOD),
         }
     }
 
@@ -94,12 +110,32 @@ impl Idempotency {
     }
 
     pub fn insert(&self, key: &str, entry: IdemEntry) {
-        self.entries.insert(self.key(key), entry);
+        if self.entries.insert(self.key(key), entry).is_none()
+            && self.len.fetch_add(1, Ordering::Relaxed) == self.max_entries
+        {
+            self.pacing.owed_from_now();
+        }
     }
 
     /// Forgets an answer whose change never became durable: a retry must run it again.
     pub fn forget(&self, key: &str) {
-        self.entries.remove(&self.key(key));
+        if self.entries.remove(&self.key(key)).is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Called by a request once its account's lock is let go. While the map is over its
+    /// bound and the eviction sweep has not brought it back for a while, gives the sweep the
+    /// core for a moment (`Pacing`).
+    pub fn pace(&self) {
+        if self.len() > self.max_entries {
+            self.pacing.give_way();
+        }
+    }
+
+    /// How many times requests paused to let the eviction sweep catch up.
+    pub fn pauses(&self) -> u64 {
+        self.pacing.pauses()
     }
 
     /// The store's pages that may hold the answer to `key`, if memory let go of it:
@@ -117,11 +153,11 @@ impl Idempotency {
 
     /// Answers in memory.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Answers let go of for space and still within retention.
@@ -140,6 +176,7 @@ impl Idempotency {
             expired += usize::from(!keep);
             keep
         });
+        self.len.fetch_sub(expired, Ordering::Relaxed);
         expired
     }
 
@@ -150,15 +187,21 @@ impl Idempotency {
 
     /// Lets go of the oldest written entries beyond `max_entries`, down to 90% of the
     /// bound, so the sweeps after it have nothing to do for a while. Memory only: the
-    /// store has them already. Returns how many left.
-    ///
-    /// The map may hold millions of entries and is read a shard at a time, each locked
-    /// while it is read: three passes over it, each doing as little as it can per entry.
+    /// store has them already. Returns how many left. Run every `EVICTION_PERIOD`.
     pub fn evict_over_bound(&self) -> usize {
-        let len = self.entries.len();
+        let len = self.len();
         if len <= self.max_entries {
             return 0;
         }
+        let evicted = self.evict_oldest(len);
+        // Whatever is left over the bound (answers not written yet) is owed from now on.
+        self.pacing.owed_from_now();
+        evicted
+    }
+
+    /// The map may hold millions of entries and is read a shard at a time, each locked
+    /// while it is read: three passes over it, each doing as little as it can per entry.
+    fn evict_oldest(&self, len: usize) -> usize {
         let over = len - (self.max_entries - self.max_entries / 10);
         let Some(cutoff) = self.nth_oldest(over, len) else { return 0 };
         // Answers written after this are left for the next sweep: then every entry the last
@@ -178,6 +221,7 @@ impl Idempotency {
             evicted += usize::from(leave);
             !leave
         });
+        self.len.fetch_sub(evicted, Ordering::Relaxed);
         evicted
     }
 
@@ -212,8 +256,7 @@ impl Idempotency {
     pub fn restore_from(&self, store: &mut dyn Store, since_ms: u64) -> Result<usize, StoreError> {
         let mut beyond = Vec::new();
         let mut restored = 0;
-        // Counted here: the map's own count visits every shard.
-        let mut kept = self.entries.len();
+        let mut kept = self.len();
         store.each_answer_page(since_ms, &mut |page, rows| {
             restored += rows.len();
             self.written_through(page);
@@ -271,6 +314,32 @@ mod tests {
         e.answer.written(7);
         assert!(matches!(t.check("r", 1), Seen::Replay(_)));
         assert!(matches!(t.check("r", 2), Seen::Mismatch));
+    }
+
+    #[test]
+    fn the_count_follows_what_comes_and_goes() {
+        let t = Idempotency::new(1000, 2);
+        let counted = |n: usize| {
+            assert_eq!(t.len(), n);
+            assert_eq!(t.len(), t.entries.len(), "the map's own count");
+        };
+        t.insert("a", written(100));
+        t.insert("a", written(100));
+        t.insert("b", written(200));
+        t.insert("c", entry(300));
+        counted(3);
+        t.forget("c");
+        t.forget("c");
+        t.forget("never-seen");
+        counted(2);
+        t.insert("d", written(400));
+        t.insert("e", written(1500));
+        t.written_through(10_000);
+        assert_eq!(t.evict_over_bound(), 2, "4 entries, bound 2: down to 2");
+        counted(2);
+        t.insert("f", written(2000));
+        assert_eq!(t.expire(2600), 2, "d and e");
+        counted(1);
     }
 
     #[test]

@@ -125,6 +125,11 @@ impl Engine {
         self.accounts.len()
     }
 
+    /// Answers to request ids kept in memory, for replays.
+    pub fn answers_in_memory(&self) -> usize {
+        self.idempotency.len()
+    }
+
     /// Answers let go of for space: only where the store has them is kept.
     pub fn answers_evicted(&self) -> usize {
         self.idempotency.evicted_len()
@@ -180,11 +185,18 @@ impl Engine {
     }
 
     /// Waits until a change is durable; maps a failed write to UNAVAILABLE. Called once the
-    /// account's lock is let go; paces the caller to the journal writer (`Journal::pace`).
+    /// account's lock is let go; then gives way (`Engine::give_way`).
     async fn settle<T>(&self, durable: Durable, answer: Answer<T>) -> Result<Answer<T>, Error> {
         durability(durable).await.map_err(|e| Error::not_durable(&e))?;
-        self.journal.pace();
+        self.give_way();
         Ok(answer)
+    }
+
+    /// Called by a request once its account's lock is let go: gives the core for a moment
+    /// to a journal writer or an eviction sweep that fell behind (`Pacing`).
+    fn give_way(&self) {
+        self.journal.pace();
+        self.idempotency.pace();
     }
 
     /// Queues a change for the journal as `record` does, but has nobody wait for it. Returns
@@ -236,6 +248,12 @@ impl Engine {
     /// How many times requests paused to let an `async` writer that fell behind catch up.
     pub fn writer_pauses(&self) -> u64 {
         self.journal.pauses()
+    }
+
+    /// How many times requests paused to let the eviction sweep bring the answers kept in
+    /// memory back to their bound.
+    pub fn sweep_pauses(&self) -> u64 {
+        self.idempotency.pauses()
     }
 
     /// Expires due holds of accounts that have any. Called periodically; also happens lazily

@@ -30,10 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-mod pacing;
 mod priority;
 
-use pacing::Pacing;
+use crate::pacing::Pacing;
 use priority::yield_to_requests;
 pub use priority::WriterPriority;
 
@@ -110,7 +109,8 @@ impl Journal {
         let (settled, deliveries) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(deliver(deliveries));
         let backlog = Arc::new(AtomicUsize::new(0));
-        let pacing = Arc::new(Pacing::new(options.flush_interval));
+        // Behind once it has owed a write for two flush intervals.
+        let pacing = Arc::new(Pacing::new(2 * options.flush_interval));
         let writer = Writer {
             store,
             clock,

@@ -9,6 +9,7 @@ mod helpers;
 mod idempotency;
 mod metering;
 mod operations;
+mod pacing;
 mod reservations;
 mod rollover;
 mod store_failures;
