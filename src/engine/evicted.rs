@@ -96,7 +96,10 @@ impl Evicted {
             merged.extend_from_slice(&old);
             drop(old);
             merged.extend(chunk.iter().map(|f| f.tomb));
-            merged.sort_unstable(); // two sorted runs: close to linear
+            // Two sorted runs, which the stable sort finds and merges in one pass. The
+            // unstable one sorted them afresh: as evictions piled up, every sweep re-sorted
+            // all of them, and that cost grew by the minute under load.
+            merged.sort();
             *lock.write().unwrap_or_else(|p| p.into_inner()) = merged;
         }
         self.len.fetch_add(filed.len(), Ordering::Relaxed);
