@@ -5,6 +5,10 @@
 //! At half load on one core, a sweep at normal priority that needs a second of CPU (expiring
 //! millions of kept answers, compacting 100k idle accounts) takes half the core from requests
 //! while it runs: they queue behind it, and that shows in every percentile above p99.
+//!
+//! On a core requests keep busy, such a thread gets nothing. Where that cannot wait (the
+//! eviction sweep holding the answers to their memory bound), requests pace themselves to
+//! it: `crate::pacing`.
 
 /// The nice value of housekeeping threads where `SCHED_IDLE` is refused.
 const HOUSEKEEPING_NICE: i32 = 19;
