@@ -5,7 +5,7 @@
 //! Run: `cargo bench --bench engine`. Throughput is reported as decisions per second.
 //!
 //! Also: a decision among many live holds under caps, the idempotency lookup on a large
-//! table, burn-down across many grants, the cost per record of one group commit to the
+//! table, one sweep holding that table to its memory bound, burn-down across many grants, the cost per record of one group commit to the
 //! embedded store at several batch sizes, and what keeping an idle account compact costs:
 //! compacting it, and decoding it at its next use.
 //! Run by `cargo test --benches` (no `--bench` argument) the tables are kept small.
@@ -311,6 +311,47 @@ fn idempotency(c: &mut Criterion) {
     group.finish();
 }
 
+/// One eviction sweep (`Idempotency::evict_over_bound`, which the server runs every second)
+/// of a table of 1M answers (10k when run as a test) a tenth over its bound: a fifth of them
+/// leave memory, filed by page. Per answer let go; each sweep gets a table of its own.
+fn eviction(c: &mut Criterion) {
+    let bound: usize = if full_run() { 1_000_000 } else { 10_000 };
+    let mut group = c.benchmark_group("eviction");
+    group.sample_size(10).sampling_mode(criterion::SamplingMode::Flat);
+    group.throughput(Throughput::Elements((bound / 5) as u64));
+    let label = if bound >= 1_000_000 { format!("{}M", bound / 1_000_000) } else { format!("{}k", bound / 1_000) };
+    group.bench_function(format!("evict_over_bound/{label}_bound"), |b| {
+        b.iter_batched_ref(
+            || over_bound(bound),
+            |table| {
+                let evicted = table.evict_over_bound();
+                assert!(evicted.abs_diff(bound / 5) < bound / 100, "{evicted}");
+                evicted
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+/// A table of written answers a tenth over `bound`, each a millisecond younger than the last.
+fn over_bound(bound: usize) -> Idempotency {
+    let now_ms = Utc::now().timestamp_millis() as u64;
+    let ids = IdGenerator::default();
+    let table = Idempotency::new(u64::MAX, bound);
+    for i in 0..bound + bound / 10 {
+        let entry = IdemEntry {
+            fingerprint: IDEM_FINGERPRINT,
+            answer: Answered::new(common::deduct_outcome(&ids, now_ms).borrowed(), true),
+            created_ms: now_ms + i as u64,
+        };
+        entry.answer.written(1 + i as u64 / 1_000);
+        table.insert(&idem_key(&format!("org-{:07}", i % 10_000), &uuid(i as u64)), entry);
+    }
+    table.written_through(u64::MAX);
+    table
+}
+
 /// A table that answered `n` deducts and kept a tenth of them: the rest were evicted, as
 /// the server's sweeps do past the bound, and are filed by page.
 fn evicted_requests(n: usize) -> Idempotency {
@@ -498,7 +539,7 @@ fn compaction(c: &mut Criterion) {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-criterion_group!(benches, decision, engine, idempotency, burn_down, group_commit, compaction);
+criterion_group!(benches, decision, engine, idempotency, eviction, burn_down, group_commit, compaction);
 
 fn main() {
     creditd::allocator::set_up_process();
