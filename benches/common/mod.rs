@@ -179,3 +179,16 @@ pub fn typical_account(i: usize, now: Now, ids: &IdGenerator, seq: &mut Seq) -> 
     }
     a
 }
+
+/// `cargo bench` passes `--bench`; `cargo test --benches` runs each bench once without it.
+pub fn full_run() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// A UUID-shaped request id derived from `n` (distinct for distinct `n`).
+pub fn uuid(n: u64) -> String {
+    let a = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let b = (n ^ 0x2545_f491_4f6c_dd1d).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    // The last group is `n` itself, which keeps distinct `n` distinct.
+    uuid_of(a, (b & !0xffff_ffff_ffff) | (n & 0xffff_ffff_ffff))
+}
