@@ -56,11 +56,18 @@ impl KeyHasher {
     }
 }
 
+/// A count on a cache line of its own: every answer written bumps it, and under the
+/// multi-threaded runtime the fields beside it (the map's shard table among them) are read
+/// by every lookup on the other cores.
+#[derive(Default)]
+#[repr(align(64))]
+struct Count(AtomicUsize);
+
 pub struct Idempotency {
     entries: super::Map<Key, IdemEntry>,
     /// How many `entries` holds, counted as they come and go: the map's own count visits
     /// every shard, and requests look at this one to see if the bound is kept.
-    len: AtomicUsize,
+    len: Count,
     hasher: KeyHasher,
     evicted: Evicted,
     /// The newest page whose answers are all marked written.
@@ -85,7 +92,7 @@ impl Idempotency {
         let entries = super::Map::with_hasher_and_shard_amount(Default::default(), 256);
         Idempotency {
             entries,
-            len: AtomicUsize::new(0),
+            len: Count::default(),
             hasher: KeyHasher::default(),
             evicted: Evicted::default(),
             written_through: AtomicU64::new(0),
@@ -114,7 +121,7 @@ impl Idempotency {
 
     pub fn insert(&self, key: &str, entry: IdemEntry) {
         if self.entries.insert(self.key(key), entry).is_none()
-            && self.len.fetch_add(1, Ordering::Relaxed) == self.max_entries
+            && self.len.0.fetch_add(1, Ordering::Relaxed) == self.max_entries
         {
             self.pacing.owed_from_now();
         }
@@ -123,7 +130,7 @@ impl Idempotency {
     /// Forgets an answer whose change never became durable: a retry must run it again.
     pub fn forget(&self, key: &str) {
         if self.entries.remove(&self.key(key)).is_some() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
+            self.len.0.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -156,7 +163,7 @@ impl Idempotency {
 
     /// Answers in memory.
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.len.0.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -179,7 +186,7 @@ impl Idempotency {
             expired += usize::from(!keep);
             keep
         });
-        self.len.fetch_sub(expired, Ordering::Relaxed);
+        self.len.0.fetch_sub(expired, Ordering::Relaxed);
         expired
     }
 
@@ -231,7 +238,7 @@ impl Idempotency {
             evicted += usize::from(leave);
             !leave
         });
-        self.len.fetch_sub(evicted, Ordering::Relaxed);
+        self.len.0.fetch_sub(evicted, Ordering::Relaxed);
         evicted
     }
 
