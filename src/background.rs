@@ -18,11 +18,7 @@ const HOUSEKEEPING_NICE: i32 = 19;
 pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let started = std::thread::Builder::new().name("creditd-sweep".into()).spawn(move || {
-        // Under `SCHED_IDLE` rather than at nice 19, which still outranked an `idle` journal
-        // writer five to one (CFS weights 15 and 3).
-        if !idle_this_thread() {
-            lower_this_thread(HOUSEKEEPING_NICE);
-        }
+        yield_as_housekeeping();
         let _ = tx.send(work());
     });
     if let Err(e) = started {
@@ -30,6 +26,15 @@ pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
         return None;
     }
     rx.await.ok()
+}
+
+/// Puts the calling thread behind requests and the journal writer: under `SCHED_IDLE`
+/// rather than at nice 19, which still outranked an `idle` journal writer five to one (CFS
+/// weights 15 and 3).
+pub fn yield_as_housekeeping() {
+    if !idle_this_thread() {
+        lower_this_thread(HOUSEKEEPING_NICE);
+    }
 }
 
 /// Gives the calling thread the nice value `nice` (Linux only). Returns whether it could: an

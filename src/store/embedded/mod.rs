@@ -5,7 +5,10 @@
 //! one fsync per group commit; `normal` may lose the last commits on power loss.
 //! One process owns a data directory: an exclusive lock on `LOCK` is taken at open and a
 //! second process gets a clear error instead of a corrupted store.
+//! Commits only append to the write-ahead log; a thread of its own copies it into the
+//! database file (`checkpoint`).
 
+mod checkpoint;
 mod reader;
 mod rows;
 #[cfg(test)]
@@ -16,6 +19,7 @@ pub use reader::EmbeddedReader;
 use super::account_log::AccountLog;
 use super::{decode_account, Batch, IdemRow, JournalChunk, Pruned, Recovered, Store, StoreError, Written};
 use crate::domain::account::Account;
+use checkpoint::Checkpoints;
 use fs4::fs_std::FileExt;
 use rows::{read_account_log, read_journal, unpack_decode, LogRow, Packer, LZ4};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -55,6 +59,8 @@ pub struct EmbeddedStore {
     high_id: u64,
     /// The account states that are only in `account_log` so far.
     log: AccountLog,
+    checkpoints: Checkpoints,
+    /// Let go of last: the checkpoint thread has stopped by then.
     _lock: File,
 }
 
@@ -88,7 +94,15 @@ impl EmbeddedStore {
         let high_id: Option<i64> =
             conn.query_row("SELECT high_id FROM journal ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).optional()?;
         let log = read_account_log(&conn, LOG_BUDGET)?;
-        Ok(EmbeddedStore { conn, packer: Packer::default(), high_id: high_id.unwrap_or(0) as u64, log, _lock: lock })
+        let checkpoints = Checkpoints::start(&conn, &dir.join(DB_FILE), synchronous, checkpoint::PASS_INTERVAL)?;
+        Ok(EmbeddedStore {
+            conn,
+            packer: Packer::default(),
+            high_id: high_id.unwrap_or(0) as u64,
+            log,
+            checkpoints,
+            _lock: lock,
+        })
     }
 
     /// A second, read-only connection for lookups off the writer thread (WAL allows it).
@@ -222,6 +236,16 @@ impl Store for EmbeddedStore {
             self.log.append(log_seq, logged, batch.accounts.drain(..));
         }
         Ok(written)
+    }
+
+    fn tidy(&mut self) {
+        if !self.checkpoints.rewind_due() {
+            return;
+        }
+        match checkpoint::checkpoint(&self.conn) {
+            Ok(_) => self.checkpoints.rewound(),
+            Err(e) => tracing::warn!(error = %e, "could not copy the write-ahead log into the database; will retry"),
+        }
     }
 
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError> {

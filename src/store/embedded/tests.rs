@@ -307,3 +307,50 @@ fn a_damaged_or_unknown_packing_is_an_error_not_a_guess() {
     let err = rows::unpack(&packed, 9, "answers").unwrap_err();
     assert!(err.to_string().contains("newer creditd"), "{err}");
 }
+
+/// Commits never checkpoint (that is the checkpoint thread's work, stopped here), and the
+/// writer's upkeep between commits rewinds the log once it is due, so it stops growing.
+#[test]
+fn the_log_grows_until_the_writer_rewinds_it_between_commits() {
+    use super::checkpoint::{Checkpoints, REWIND_COMMITS, REWIND_PAGES};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    let db = EmbeddedStore::path(dir.path());
+    // The thread would rewind the log on its own schedule: one that never comes.
+    store.checkpoints =
+        Checkpoints::start(&store.conn, &db, Synchronous::Normal, std::time::Duration::from_secs(3_600)).unwrap();
+    let mut commits = 0_u64;
+    let mut commit = |store: &mut EmbeddedStore| {
+        commits += 1;
+        let answers = (0..20).map(|i| answered(&format!("r{commits}-{i}"), commits)).collect();
+        store.write(&mut Batch { idempotency: answers, ..Batch::default() }).unwrap();
+        store.tidy();
+    };
+    let log_bytes = || std::fs::metadata(db.with_extension("db-wal")).unwrap().len();
+
+    for _ in 1..REWIND_COMMITS {
+        commit(&mut store);
+    }
+    let grown = log_bytes();
+    let sqlite_threshold = 1_000 * PAGE_SIZE as u64;
+    assert!(grown > 2 * sqlite_threshold, "no commit checkpointed: the log grew to {grown} bytes");
+
+    commit(&mut store); // the writer rewinds after it
+    for _ in 1..REWIND_COMMITS {
+        commit(&mut store);
+    }
+    let regrown = log_bytes();
+    assert!(regrown <= grown + grown / 10, "written again from its start: {grown} then {regrown} bytes");
+
+    // A long log, as the thread would report it, is rewound at the next upkeep.
+    store.checkpoints.log_pages.store(REWIND_PAGES, Ordering::Relaxed);
+    commit(&mut store);
+    assert_eq!(store.checkpoints.log_pages.load(Ordering::Relaxed), 0, "rewound");
+
+    drop(store);
+    let mut store = EmbeddedStore::open(dir.path(), Synchronous::Normal).unwrap();
+    let pages = answer_pages(&mut store, 0);
+    assert_eq!(pages.len() as u64, commits, "every commit's answers read back after a reopen");
+    assert!(pages.iter().all(|(_, ids)| ids.len() == 20));
+}
