@@ -75,7 +75,8 @@ impl Checkpoints {
         self.commits_since_rewind >= REWIND_COMMITS || self.log_pages.load(Ordering::Relaxed) >= REWIND_PAGES
     }
 
-    /// The writer copied the whole log: its next commit starts it over.
+    /// The writer copied the log: its next commit starts it over (unless a reader still
+    /// needed some of it; the thread then sees the log long again).
     pub(super) fn rewound(&mut self) {
         self.commits_since_rewind = 0;
         self.log_pages.store(0, Ordering::Relaxed);

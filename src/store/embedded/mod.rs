@@ -242,10 +242,11 @@ impl Store for EmbeddedStore {
         if !self.checkpoints.rewind_due() {
             return;
         }
-        match checkpoint::checkpoint(&self.conn) {
-            Ok(_) => self.checkpoints.rewound(),
-            Err(e) => tracing::warn!(error = %e, "could not copy the write-ahead log into the database; will retry"),
+        if let Err(e) = checkpoint::checkpoint(&self.conn) {
+            tracing::warn!(error = %e, "could not copy the write-ahead log into the database; will retry later");
         }
+        // Counted from here either way: a failing checkpoint is not retried at every commit.
+        self.checkpoints.rewound();
     }
 
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError> {
