@@ -257,6 +257,7 @@ impl Writer {
                 let _ = waiter.send(Ok(()));
                 return;
             }
+            // The round's answers are with the runtime already (`write`).
             self.store.tidy();
             let behind = self.backlog.load(Ordering::Relaxed) >= self.options.max_backlog / 2;
             if self.options.durability == Durability::Async && !behind {

@@ -290,8 +290,8 @@ pub trait Store: Send + 'static {
     /// Once written, the account states may have been taken out of `batch` (the store
     /// keeps them, rather than a copy); the rest is left as it was.
     fn write(&mut self, batch: &mut Batch) -> Result<Written, StoreError>;
-    /// Upkeep between two writes, called once the first one's callers have their answers,
-    /// so none of them waits for it.
+    /// Upkeep between two writes, called once the first one's answers are on their way, so
+    /// none of its callers waits for it.
     fn tidy(&mut self) {}
     fn load_account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError>;
     /// About how many accounts are stored (never fewer), to size the engine's map before
